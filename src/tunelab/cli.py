@@ -1,0 +1,155 @@
+"""The `tunelab` command. Only argparse is imported up front so `tunelab --help` is
+instant; each command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+
+_TYPES = {"str": str, "int": int, "float": float, "Path": Path}
+
+
+def _add_dataclass_options(group, cls, *, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """One option per dataclass field, help text and default from the field itself, so
+    the CLI and the Python API can't drift apart."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = default is not None and default is not False and default != ()
+        help_text = f.metadata["help"].rstrip(".") + (f" (default: {default})." if shown else ".")
+        base = f.type.replace(" | None", "")
+        if base == "bool":
+            group.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif base in ("tuple[str, ...]", "list[str]"):
+            group.add_argument(flag, action="append", default=None, metavar="TEXT", help=help_text + " Repeatable.")
+        else:
+            group.add_argument(flag, type=_TYPES[base], default=None, choices=f.metadata.get("choices"),
+                               required=f.name in required, help=help_text)
+
+
+def _from_args(cls, args: argparse.Namespace, **fixed):
+    """Build ``cls`` from the options the user gave; the others keep the dataclass defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    for f in dataclasses.fields(cls):
+        if f.name in values and f.type.startswith("tuple"):
+            values[f.name] = tuple(values[f.name])
+    return cls(**{**values, **fixed})
+
+
+def _prompt_parser(sub) -> None:
+    from tunelab.generation.settings import GenerationSettings
+    from tunelab.jobs import PromptJob
+
+    p = sub.add_parser(
+        "prompt",
+        help="zero/one/few-shot prompting of a model over a dataset",
+        description="Prompt a model on every example of a dataset and write one JSONL row per example: "
+        '{"id", "prompt", "prediction", "references", ...}.',
+    )
+    _add_dataclass_options(p, PromptJob, skip=("shot_ids",), required=("data",))
+    p.add_argument("--shot-ids", help=next(f for f in dataclasses.fields(PromptJob) if f.name == "shot_ids").metadata["help"])
+    p.add_argument("--out", type=Path, required=True, help="output JSONL file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_dataclass_options(p.add_argument_group("generation"), GenerationSettings)
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score prediction files with ROUGE, BLEU and chrF, side by side",
+        description="Score one or more prediction files (rows with 'prediction' and 'references') and print a Markdown comparison table.",
+    )
+    p.add_argument("predictions", nargs="+", type=Path, help="JSONL files written by `tunelab prompt`")
+    p.add_argument("--multi-ref", choices=["mean", "max"], default="mean", help="several references: mean over (prediction, reference) pairs, or each prediction's best reference")
+    p.add_argument("--out", type=Path, help="write metrics as JSON (ROUGE as fractions 0-1, BLEU/chrF 0-100)")
+    p.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="zero-, one- and few-shot DialogSum summaries with the default model, scored")
+    p.add_argument("--limit", type=int, default=40, help="DialogSum test dialogues (default 40)")
+    p.add_argument("--shots", default="0,1,3", help="shot counts to compare (default 0,1,3)")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunelab",
+        description="The generative-AI lifecycle on one machine: prompt, fine-tune, evaluate, align, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"tunelab {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _prompt_parser(sub)
+    _eval_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from tunelab import __version__
+
+    return __version__
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    from tunelab.generation.settings import GenerationSettings
+    from tunelab.jobs import PromptJob, run_prompt, write_jsonl
+
+    shot_ids = [s.strip() for s in args.shot_ids.split(",") if s.strip()] if args.shot_ids else None
+    job = _from_args(PromptJob, args, shot_ids=shot_ids, generation=_from_args(GenerationSettings, args))
+    rows = run_prompt(job, progress=not args.no_progress)
+    write_jsonl(rows, args.out)
+    print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tunelab.evaluation.report import markdown_table, score_files, write_json
+
+    results = score_files(args.predictions, args.multi_ref)
+    table = markdown_table(results)
+    print(table)
+    if args.out:
+        write_json(results, args.out)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tunelab.jobs import DemoJob, run_demo
+
+    try:
+        shots = tuple(int(s) for s in args.shots.split(","))
+    except ValueError:
+        raise SystemExit(f"tunelab demo: --shots takes comma-separated integers, got '{args.shots}'") from None
+    run_demo(DemoJob(limit=args.limit, shots=shots, out_dir=args.out_dir, batch_size=args.batch_size))
+    return 0
+
+
+COMMANDS = {"prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from tunelab.errors import TunelabError
+
+    try:
+        return COMMANDS[args.command](args)
+    except TunelabError as exc:
+        print(f"tunelab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tunelab {args.command}: interrupted", file=sys.stderr)
+        return 130

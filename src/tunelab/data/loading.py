@@ -1,0 +1,240 @@
+"""Read examples from JSONL, CSV/TSV and Parquet files or from the built-in datasets.
+
+Every example becomes an :class:`Example` — an id, the input text and zero or more
+reference outputs — whatever the file called its fields. A bad row stops the load with
+the file, the line and what was expected, so nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input with its reference outputs (several for DialogSum's test split)."""
+
+    id: str
+    input: str
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A dataset shipped inside the package, with its attribution beside the files."""
+
+    splits: dict[str, str]  # split name -> file name inside data/builtin/<name>/
+    default_split: str
+    pool_split: str  # where few-shot examples come from by default
+    description: str
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "dialogsum": BuiltinDataset(
+        splits={"dev": "dev.jsonl", "test": "test.jsonl"},
+        default_split="test",
+        pool_split="dev",
+        description="DialogSum dialogue summarization (Chen et al., 2021; CC BY-NC-SA 4.0): "
+        "dev 500 rows with one summary, test 400 rows with three",
+    ),
+}
+
+# Field names tried, in order, when the user gives no mapping. DialogSum's own shape
+# (dialogue + summary, or summary1..summary3) comes first.
+INPUT_FIELD_NAMES = ("dialogue", "input", "prompt", "text", "question", "source", "sentence")
+TARGET_FIELD_NAMES = ("summary", "references", "target", "output", "completion", "answer", "label")
+
+
+def builtin_path(name: str, split: str | None) -> Path:
+    dataset = BUILTIN_DATASETS[name]
+    split = split or dataset.default_split
+    if split not in dataset.splits:
+        raise DataError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(dataset.splits)}")
+    return Path(str(resources.files("tunelab.data") / "builtin" / name / dataset.splits[split]))
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) from a JSONL, JSON-array, CSV, TSV or Parquet file.
+    For Parquet and JSON arrays the "line" is the 1-based row number."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(path.stem).suffix.lower()
+    if suffix in (".jsonl", ".ndjson") or (suffix == ".json" and _first_char(path) != "["):
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        yield from _iter_json_array(path)
+    elif suffix in (".csv", ".tsv"):
+        yield from _iter_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path)
+    else:
+        raise DataError(f"{path}: unknown file type '{path.suffix}'; use .jsonl, .json, .csv, .tsv or .parquet")
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _first_char(path: Path) -> str:
+    with _open_text(path) as handle:
+        for line in handle:
+            if line.strip():
+                return line.lstrip()[0]
+    return ""
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
+            yield line_no, record
+
+
+def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as handle:
+        try:
+            records = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    for row_no, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: row {row_no}: expected a JSON object, got {type(record).__name__}")
+        yield row_no, record
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        for record in reader:
+            if None in record:  # more cells than header columns
+                raise DataError(f"{path}:{reader.line_num}: more columns than the header's {len(reader.fieldnames)}")
+            yield reader.line_num, record
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several error types for bad files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    for row_no, record in enumerate(table.to_pylist(), start=1):
+        yield row_no, record
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which record fields hold the input, the references and the id."""
+
+    input: str
+    targets: tuple[str, ...]
+    id: str | None
+
+
+def detect_fields(record: dict[str, Any], input_field: str | None, target_field: str | None) -> FieldMap:
+    """Pick the fields from the first record: the user's mapping, else known names.
+    ``target_field`` may list several fields separated by commas (one reference each)."""
+    fields = list(record)
+    input_name = input_field or next((f for f in INPUT_FIELD_NAMES if f in record), None)
+    if input_name is None:
+        raise DataError(
+            f"no input field found among {fields}; name it with --input-field "
+            f"(looked for {', '.join(INPUT_FIELD_NAMES)})"
+        )
+    if target_field:
+        targets = tuple(t.strip() for t in target_field.split(",") if t.strip())
+    else:
+        numbered = sorted((f for f in record if f.startswith("summary") and f[7:].isdigit()), key=lambda f: int(f[7:]))
+        found = next((f for f in TARGET_FIELD_NAMES if f in record and f != input_name), None)
+        targets = (found,) if found else tuple(numbered)
+    id_name = next((f for f in ("id", "fname") if f in record), None)
+    return FieldMap(input=input_name, targets=targets, id=id_name)
+
+
+def _as_reference(value: Any, field: str, where: str) -> list[str]:
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if isinstance(value, bool | int | float):  # class labels such as SST-2's 0/1
+        return [str(value)]
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return list(value)
+    raise DataError(f"{where}: field '{field}' must be a non-empty string or a list of them, got {value!r:.80}")
+
+
+def to_example(record: dict[str, Any], fields: FieldMap, where: str, fallback_id: str) -> Example:
+    """Turn one record into an Example, or raise a DataError naming ``where``."""
+    if fields.input not in record:
+        raise DataError(f"{where}: missing input field '{fields.input}'; the row has fields {list(record)}")
+    text = record[fields.input]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: input field '{fields.input}' must be a non-empty string, got {text!r:.80}")
+    references: list[str] = []
+    for name in fields.targets:
+        if name not in record:
+            raise DataError(f"{where}: missing reference field '{name}'; the row has fields {list(record)}")
+        references.extend(_as_reference(record[name], name, where))
+    example_id = str(record[fields.id]) if fields.id and record.get(fields.id) is not None else fallback_id
+    return Example(id=example_id, input=text, references=tuple(references))
+
+
+def load_examples(
+    source: str | Path,
+    split: str | None = None,
+    *,
+    input_field: str | None = None,
+    target_field: str | None = None,
+    limit: int | None = None,
+) -> list[Example]:
+    """Load a built-in dataset by name (``dialogsum``) or a file by path.
+
+    ``split`` picks a built-in dataset's split (``dev``/``test``); files have none.
+    ``limit`` keeps the first N rows in file order.
+    """
+    name = str(source)
+    if name.lower() in BUILTIN_DATASETS:
+        path = builtin_path(name.lower(), split)
+    else:
+        path = Path(name).expanduser()
+        if split is not None:
+            raise DataError(f"--split applies to built-in datasets ({', '.join(BUILTIN_DATASETS)}), not to the file {path}")
+        if not path.exists():
+            raise DataError(f"no such data file: {path} (built-in datasets: {', '.join(BUILTIN_DATASETS)})")
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    fields: FieldMap | None = None
+    for line_no, record in iter_records(path):
+        where = f"{path}:{line_no}"
+        if fields is None:
+            try:
+                fields = detect_fields(record, input_field, target_field)
+            except DataError as exc:
+                raise DataError(f"{where}: {exc}") from None
+        example = to_example(record, fields, where, fallback_id=f"{path.stem}-{line_no}")
+        if example.id in seen:
+            raise DataError(f"{where}: id '{example.id}' already used on line {seen[example.id]}; ids must be unique")
+        seen[example.id] = line_no
+        examples.append(example)
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise DataError(f"{path}: no rows")
+    return examples

@@ -1,0 +1,186 @@
+"""The jobs behind the CLI: prompt a model over a dataset, score predictions, the demo.
+
+Each stage package stays independent; this module is where they meet
+(data -> prompting -> model -> generation -> evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.data import BUILTIN_DATASETS, Example, load_examples
+from tunelab.generation import GenerationSettings
+from tunelab.models import DEFAULT_MODEL
+from tunelab.prompting import Prompt, PromptBuilder, PromptTemplate, ShotSelector
+
+
+@dataclass
+class PromptJob:
+    """Everything `tunelab prompt` needs; each field is a CLI option of the same name."""
+
+    data: str = field(default="dialogsum", metadata={"help": "Built-in dataset (dialogsum) or a .jsonl/.csv/.tsv/.parquet file."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model name, folder, .gguf file or hub id."})
+    split: str | None = field(default=None, metadata={"help": "Split of a built-in dataset (dialogsum: dev, test; default test)."})
+    input_field: str | None = field(default=None, metadata={"help": "Field holding the input text (auto-detected)."})
+    target_field: str | None = field(default=None, metadata={"help": "Reference field(s), comma-separated (auto-detected)."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    shots: int | None = field(default=None, metadata={"help": "In-context examples per prompt (0 = zero-shot)."})
+    shot_ids: list[str] | None = field(default=None, metadata={"help": "Comma-separated pool ids to use as the examples (fixes the shots)."})
+    shot_pool: str | None = field(default=None, metadata={"help": "Where shots come from: a split of the built-in dataset or a file (default: dialogsum's dev split; for a file, the file itself)."})
+    shot_seed: int = field(default=0, metadata={"help": "Seed of the draw of shots from the pool."})
+    chat_template: str = field(default="auto", metadata={"help": "Apply the model's chat template (auto: if the tokenizer has one).", "choices": ("auto", "on", "off")})
+    instruction: str | None = field(default=None, metadata={"help": "Task instruction (default: the course's summarization prompt)."})
+    output_label: str | None = field(default=None, metadata={"help": "Cue before the answer in plain prompts (default 'Summary:')."})
+    on_overflow: str = field(default="error", metadata={"help": "A prompt longer than the context window: stop with an error, or drop shots from the end.", "choices": ("error", "drop-shots")})
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on a capable GPU, else fp32), float32, bfloat16, float16."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N, mps."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub to run (off: only transformers' own architectures)."})
+
+
+def load_shot_pool(job: PromptJob) -> list[Example]:
+    """The examples shots are drawn from (never the row being answered: see ShotSelector)."""
+    mapping = {"input_field": job.input_field, "target_field": job.target_field}
+    builtin = BUILTIN_DATASETS.get(job.data.lower())
+    if job.shot_pool is None:
+        if builtin:
+            return load_examples(job.data, builtin.pool_split)
+        return load_examples(job.data, **mapping)
+    if builtin and job.shot_pool in builtin.splits:
+        return load_examples(job.data, job.shot_pool)
+    return load_examples(job.shot_pool, **mapping)
+
+
+def build_prompts(job: PromptJob, loaded: Any, examples: list[Example]) -> tuple[PromptBuilder, list[Prompt]]:
+    wording = {"instruction": job.instruction, "output_label": job.output_label}
+    template = PromptTemplate(**{k: v for k, v in wording.items() if v is not None})
+    chat = {"auto": None, "on": True, "off": False}[job.chat_template]
+    builder = PromptBuilder(
+        loaded.tokenizer,
+        template,
+        use_chat_template=chat,
+        context_window=loaded.context_window,
+        is_encoder_decoder=loaded.is_encoder_decoder,
+        max_new_tokens=job.generation.max_new_tokens,
+        on_overflow=job.on_overflow,
+    )
+    wants_shots = (job.shots or 0) > 0 or bool(job.shot_ids)
+    selector = ShotSelector(load_shot_pool(job), job.shots, ids=job.shot_ids, seed=job.shot_seed) if wants_shots else None
+    return builder, builder.build_all(examples, selector)
+
+
+def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, desc: str = "generating") -> list[dict]:
+    """Prompt the model on every example; one output row per example."""
+    from tunelab.generation import generate
+    from tunelab.models import load_model
+
+    job.generation.validate()  # before minutes of loading, not after
+    examples = load_examples(
+        job.data, job.split, input_field=job.input_field, target_field=job.target_field, limit=job.limit
+    )
+    if loaded is None:
+        loaded = load_model(job.model, dtype=job.dtype, device=job.device, trust_remote_code=job.trust_remote_code)
+    builder, prompts = build_prompts(job, loaded, examples)
+    outputs = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [p.text for p in prompts],
+        job.generation,
+        add_special_tokens=builder.adds_special_tokens,
+        progress=progress,
+        desc=desc,
+    )
+    return [
+        {
+            "id": p.example.id,
+            "prompt": p.text,
+            "prediction": out.text,
+            "references": list(p.example.references),
+            "shot_ids": p.shot_ids,
+            "finish_reason": out.finish_reason,
+            "new_tokens": len(out.token_ids),
+        }
+        for p, out in zip(prompts, outputs)
+    ]
+
+
+def human_baseline(examples: Iterable[Example]) -> list[dict]:
+    """The first human reference as the prediction, scored against the others: how well
+    people agree with each other, the ceiling a model is compared with."""
+    rows = []
+    for example in examples:
+        if len(example.references) < 2:
+            raise ValueError(f"example '{example.id}' has fewer than 2 references: no human baseline")
+        rows.append({
+            "id": example.id,
+            "prompt": "",
+            "prediction": example.references[0],
+            "references": list(example.references[1:]),
+        })
+    return rows
+
+
+def write_jsonl(rows: Iterable[dict], path: Path) -> None:
+    """Write then rename, so an interrupted run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class DemoJob:
+    """`tunelab demo`: zero-, one- and few-shot DialogSum summaries with the default model."""
+
+    limit: int = field(default=40, metadata={"help": "DialogSum test dialogues to summarize."})
+    shots: tuple[int, ...] = field(default=(0, 1, 3), metadata={"help": "Shot counts to compare."})
+    out_dir: Path = field(default=Path("runs/demo"), metadata={"help": "Where predictions and metrics go."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to prompt."})
+    max_new_tokens: int = field(default=60, metadata={"help": "Summary length cap (the course's protocol: 60)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per batch."})
+
+
+def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
+    from tunelab.evaluation.report import markdown_table, score_files, write_json
+    from tunelab.models import load_model
+
+    started = time.perf_counter()
+    print(f"tunelab demo: prompting {job.model} on {job.limit} DialogSum test dialogues", file=sys.stderr)
+    loaded = load_model(job.model)
+    files = []
+    human = job.out_dir / "human-baseline.jsonl"
+    write_jsonl(human_baseline(load_examples("dialogsum", "test", limit=job.limit)), human)
+    files.append(human)
+    settings = GenerationSettings(max_new_tokens=job.max_new_tokens, batch_size=job.batch_size)
+    for k in job.shots:
+        prompt_job = PromptJob(data="dialogsum", split="test", limit=job.limit, shots=k, model=job.model, generation=settings)
+        rows = run_prompt(prompt_job, loaded, desc=f"{k}-shot")
+        path = job.out_dir / f"{k}-shot.jsonl"
+        write_jsonl(rows, path)
+        files.append(path)
+    results = score_files(files)
+    table = markdown_table(results)
+    write_json(results, job.out_dir / "metrics.json")
+    (job.out_dir / "table.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(
+        f"\n{time.perf_counter() - started:.0f} s. ROUGE in %, mean over (prediction, reference) pairs; "
+        f"human-baseline = reference 1 scored against references 2-3. Files in {job.out_dir}/",
+        file=sys.stderr,
+    )
+    return results

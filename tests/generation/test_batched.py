@@ -1,0 +1,125 @@
+import pytest
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.generation import GenerationSettings, generate
+
+PROMPTS = [
+    "#Person1#: Where is the bank?",
+    "#Person1#: Hello, how are you?\n#Person2#: Fine, thanks. And you?",
+    "Summary:",
+    "#Person1#: I want a ticket to Paris.\n#Person2#: That is 50 dollars.\n#Person1#: Here you are.",
+    "#Person1#: It is raining again.",
+]
+
+
+def _hf_generate_one(loaded, prompt, max_new_tokens, eos_ids):
+    """The course notebook's way: model.generate on one example at a time."""
+    enc = loaded.tokenizer(prompt, return_tensors="pt")
+    out = loaded.model.generate(
+        **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(eos_ids),
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    tokens = out[0, 1:] if loaded.is_encoder_decoder else out[0, enc["input_ids"].shape[1] :]
+    result = []
+    for token in tokens.tolist():
+        if token in eos_ids:
+            break
+        result.append(token)
+    return result
+
+
+def _with_early_eos(loaded, max_new_tokens):
+    """Make a token the model emits mid-way an end-of-sequence token, so rows of a batch
+    finish at different steps and the row-dropping path runs."""
+    free = generate(loaded.model, loaded.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=max_new_tokens), progress=False)
+    eos = free[0].token_ids[3]
+    loaded.model.generation_config.eos_token_id = [loaded.tokenizer.eos_token_id, eos]
+    return {loaded.tokenizer.eos_token_id, eos}
+
+
+def test_batched_greedy_equals_one_at_a_time_and_hf_generate(tiny_model):
+    eos_ids = _with_early_eos(tiny_model, 12)
+    batched = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=12, batch_size=4), progress=False)
+    single = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=12, batch_size=1), progress=False)
+    lengths = {len(g.token_ids) for g in batched}
+    assert len(lengths) > 1, "rows should finish at different steps"
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    for prompt, out in zip(PROMPTS, batched):
+        assert out.token_ids == _hf_generate_one(tiny_model, prompt, 12, eos_ids)
+        assert out.finish_reason == ("length" if len(out.token_ids) == 12 else "stop")
+        assert out.text == tiny_model.tokenizer.decode(out.token_ids, skip_special_tokens=True).strip()
+
+
+def test_output_order_follows_input_order(tiny_model):
+    settings = GenerationSettings(max_new_tokens=6, batch_size=2)
+    forward = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, settings, progress=False)
+    backward = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS[::-1], settings, progress=False)
+    assert [g.token_ids for g in forward] == [g.token_ids for g in backward[::-1]]
+
+
+def test_stop_strings_cut_the_text(tiny_model):
+    free = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=10), progress=False)[0]
+    stop = tiny_model.tokenizer.decode(free.token_ids[4:6], skip_special_tokens=True)
+    if not stop.strip():
+        pytest.fail("the tiny model's tokens 4-5 decode to whitespace; pick other positions")
+    cut = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=10, stop=(stop,)), progress=False)[0]
+    assert cut.finish_reason == "stop" and len(cut.token_ids) < 10
+    assert stop not in cut.text and free.text.startswith(cut.text)
+
+
+def test_sampling_is_seeded(tiny_model):
+    settings = dict(max_new_tokens=8, do_sample=True, temperature=1.5, top_k=20, top_p=0.9, repetition_penalty=1.2)
+    a = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(seed=1, **settings), progress=False)
+    b = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(seed=1, **settings), progress=False)
+    c = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(seed=2, **settings), progress=False)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    assert all(len(g.token_ids) <= 8 for g in a)
+
+
+def test_repetition_penalty_changes_greedy_output(tiny_model):
+    plain = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=16), progress=False)
+    penalized = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=16, repetition_penalty=3.0), progress=False)
+    assert [g.token_ids for g in plain] != [g.token_ids for g in penalized]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"top_p": 1.5}, "top_p must be in"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"stop": ("",)}, "stop strings must be non-empty"),
+    ],
+)
+def test_bad_settings(tiny_llama_dir, kwargs, message):
+    with pytest.raises(TunelabError, match=message):
+        GenerationSettings(**kwargs).validate()
+
+
+def test_empty_prompt_is_refused(tiny_model):
+    from tunelab.generation import generate_from_ids
+
+    with pytest.raises(TunelabError, match="empty prompt"):
+        generate_from_ids(tiny_model.model, tiny_model.tokenizer, [[]], GenerationSettings(), progress=False)
+
+
+@pytest.mark.slow
+def test_default_model_batched_matches_model_generate(default_model):
+    """The real model with its chat template: batched greedy summaries equal the
+    one-at-a-time model.generate loop (the bench counts rare float near-ties)."""
+    from tunelab.data import load_examples
+    from tunelab.prompting import PromptBuilder
+
+    builder = PromptBuilder(default_model.tokenizer, context_window=default_model.context_window)
+    prompts = [builder.build(e, []).text for e in load_examples("dialogsum", "test", limit=4)]
+    ours = generate(default_model.model, default_model.tokenizer, prompts, GenerationSettings(max_new_tokens=24, batch_size=4), add_special_tokens=False, progress=False)
+    eos = {default_model.tokenizer.eos_token_id}
+    with torch.inference_mode():
+        for prompt, out in zip(prompts, ours):
+            enc = default_model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            ref = default_model.model.generate(**enc, max_new_tokens=24, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+            ref = ref[: next((i for i, t in enumerate(ref) if t in eos), len(ref))]
+            assert out.token_ids == ref
