@@ -38,6 +38,7 @@ class PromptJob:
     shot_seed: int = field(default=0, metadata={"help": "Seed of the draw of shots from the pool."})
     chat_template: str = field(default="auto", metadata={"help": "Apply the model's chat template (auto: if the tokenizer has one).", "choices": ("auto", "on", "off")})
     instruction: str | None = field(default=None, metadata={"help": "Task instruction (default: the course's summarization prompt)."})
+    shot_style: str = field(default="inline", metadata={"help": "With a chat template: 'inline' puts examples and question in one user message, 'turns' makes each example a user/assistant exchange.", "choices": ("inline", "turns")})
     output_label: str | None = field(default=None, metadata={"help": "Cue before the answer in plain prompts (default 'Summary:')."})
     on_overflow: str = field(default="error", metadata={"help": "A prompt longer than the context window: stop with an error, or drop shots from the end.", "choices": ("error", "drop-shots")})
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -60,7 +61,7 @@ def load_shot_pool(job: PromptJob) -> list[Example]:
 
 
 def build_prompts(job: PromptJob, loaded: Any, examples: list[Example]) -> tuple[PromptBuilder, list[Prompt]]:
-    wording = {"instruction": job.instruction, "output_label": job.output_label}
+    wording = {"instruction": job.instruction, "output_label": job.output_label, "shot_style": job.shot_style}
     template = PromptTemplate(**{k: v for k, v in wording.items() if v is not None})
     chat = {"auto": None, "on": True, "off": False}[job.chat_template]
     builder = PromptBuilder(

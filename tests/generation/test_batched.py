@@ -123,3 +123,21 @@ def test_default_model_batched_matches_model_generate(default_model):
             ref = default_model.model.generate(**enc, max_new_tokens=24, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
             ref = ref[: next((i for i, t in enumerate(ref) if t in eos), len(ref))]
             assert out.token_ids == ref
+
+
+def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny_model, monkeypatch):
+    """Few-shot prompts share their examples: that prefix is computed once per batch
+    (spied on here), and outputs still equal model.generate one prompt at a time."""
+    from tunelab.generation import batched
+
+    prefix = "Summarize the following conversation. #Person1#: Hello, how are you? #Person2#: Fine, thanks. Summary: They greet each other. " * 3
+    prompts = [prefix + p for p in PROMPTS]
+    seen_shared = []
+    original = batched._CausalDecoder._prefill_shared
+    monkeypatch.setattr(batched._CausalDecoder, "_prefill_shared", lambda self: seen_shared.append(self.shared) or original(self))
+    eos_ids = _with_early_eos(tiny_model, 10)
+    outputs = generate(tiny_model.model, tiny_model.tokenizer, prompts, GenerationSettings(max_new_tokens=10, batch_size=5), progress=False)
+    for prompt, out in zip(prompts, outputs):
+        assert out.token_ids == _hf_generate_one(tiny_model, prompt, 10, eos_ids)
+    if not tiny_model.is_encoder_decoder:
+        assert seen_shared and seen_shared[-1] >= batched.MIN_SHARED_PREFIX

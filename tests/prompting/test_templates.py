@@ -33,17 +33,22 @@ def test_zero_one_few_shot_plain_prompts(tiny_llama_dir, pool):
     assert few.text.endswith(f"{target.input}\n\nSummary:")
 
 
-def test_chat_template_turns(tiny_llama_dir, pool):
+def test_chat_template_inline_and_turns(tiny_llama_dir, pool):
     from tunelab.models import load_model
 
     loaded = load_model(str(tiny_llama_dir), device="cpu")
-    builder = PromptBuilder(loaded.tokenizer, PromptTemplate(instruction="Sum up."))
-    assert builder.use_chat_template and not builder.adds_special_tokens
+    inline = PromptBuilder(loaded.tokenizer, PromptTemplate(instruction="Sum up."))
+    assert inline.use_chat_template and not inline.adds_special_tokens
+    plain = PromptBuilder(loaded.tokenizer, PromptTemplate(instruction="Sum up."), use_chat_template=False)
+    assert inline.build(pool[0], pool[1:3]).text == f"<|user|>{plain.build(pool[0], pool[1:3]).text}</s><|assistant|>"
+    builder = PromptBuilder(loaded.tokenizer, PromptTemplate(instruction="Sum up.", shot_style="turns"))
     prompt = builder.build(pool[0], pool[1:3])
     expected = "".join(
         f"<|user|>Sum up.\n\n{s.input}</s><|assistant|>{s.references[0]}</s>" for s in pool[1:3]
     ) + f"<|user|>Sum up.\n\n{pool[0].input}</s><|assistant|>"
     assert prompt.text == expected
+    with pytest.raises(PromptError, match="shot_style must be 'inline' or 'turns'"):
+        PromptBuilder(loaded.tokenizer, PromptTemplate(shot_style="mixed"))
 
 
 def test_chat_template_on_without_one_is_an_error(tiny_t5_dir):

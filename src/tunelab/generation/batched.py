@@ -213,61 +213,99 @@ class _PreallocatedLayer(DynamicLayer):
 # tokens including padding. Large enough for efficient matrix products, small enough
 # that little padding is computed.
 PREFILL_TOKENS = 4096
+# A token prefix shared by every prompt of a batch (few-shot examples, a system prompt)
+# is prefilled once when at least this long, and its KV cache shared by every row.
+MIN_SHARED_PREFIX = 32
+
+
+def _shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Longest common token prefix, leaving each prompt at least one token of its own
+    (the last prompt token's logits start decoding)."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for i in range(limit):
+        if any(p[i] != first[i] for p in prompts[1:]):
+            return i
+    return max(limit, 0)
 
 
 class _CausalDecoder:
-    """Left-padded prompts and one batch KV cache; positions count real tokens only.
+    """One batch KV cache laid out as [shared prefix | left padding | own tokens];
+    positions count real tokens only, so padding changes nothing but float order.
 
-    Prefill runs in chunks of similar-length prompts (little padding computed), and
-    their caches are copied into one preallocated batch cache for decoding.
+    The shared prefix (few-shot examples are the same for every row) is prefilled once.
+    The rest is prefilled in chunks of similar-length prompts, so little padding is
+    computed, and the chunks' caches are copied into one preallocated batch cache.
     """
 
     def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int) -> None:
         self.model = model
         self.size = len(prompts)
-        self.capacity = max(len(p) for p in prompts) + max_new_tokens
-        width = max(len(p) for p in prompts)
+        shared = _shared_prefix_length(prompts)
+        self.shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        self.own_lengths = [len(p) - self.shared for p in prompts]
+        width = self.shared + max(self.own_lengths)
+        self.capacity = width + max_new_tokens
         self.sequences = torch.full((self.size, width), pad_id, dtype=torch.long, device=device)
         self.mask = torch.zeros((self.size, width), dtype=torch.long, device=device)
         for row, prompt in enumerate(prompts):
-            self.sequences[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
-            self.mask[row, width - len(prompt) :] = 1
+            self.sequences[row, : self.shared] = torch.tensor(prompt[: self.shared], device=device)
+            self.sequences[row, width - self.own_lengths[row] :] = torch.tensor(prompt[self.shared :], device=device)
+            self.mask[row, : self.shared] = 1
+            self.mask[row, width - self.own_lengths[row] :] = 1
         self.next_position = self.mask.sum(dim=1)
         self.cache = None
 
     def _chunks(self) -> list[tuple[int, int]]:
         """(start, end) row ranges; rows are sorted longest first."""
-        lengths = self.next_position.tolist()
         chunks, start = [], 0
         for row in range(1, self.size + 1):
-            if row == self.size or (row - start + 1) * lengths[start] > PREFILL_TOKENS:
+            if row == self.size or (row - start + 1) * self.own_lengths[start] > PREFILL_TOKENS:
                 chunks.append((start, row))
                 start = row
         return chunks
 
+    def _prefill_shared(self) -> list[tuple[Any, Any]]:
+        if not self.shared:
+            return []
+        cache = DynamicCache()
+        self.model(input_ids=self.sequences[:1, : self.shared], cache=cache, use_cache=True, logits_to_keep=1)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _prefill_chunk(self, start: int, end: int, prefix: list[tuple[Any, Any]]):
+        width, shared, rows = self.sequences.shape[1], self.shared, end - start
+        own = self.own_lengths[start]
+        ids = self.sequences[start:end, width - own :]
+        mask = torch.cat([self.mask[start:end, :shared], self.mask[start:end, width - own :]], dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
+        if prefix:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix])
+        else:
+            cache = DynamicCache()
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        own_kv = [(layer.keys[:, :, shared:], layer.values[:, :, shared:]) for layer in cache.layers]
+        return out.logits[:, -1, :].float(), own_kv
+
     def start(self):
         width = self.sequences.shape[1]
-        logits, parts = [], []
-        for start, end in self._chunks():
-            chunk_width = int(self.next_position[start])
-            ids = self.sequences[start:end, width - chunk_width :]
-            mask = self.mask[start:end, width - chunk_width :]
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            cache = DynamicCache()
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions,
-                cache=cache, use_cache=True, logits_to_keep=1,
-            )
-            logits.append(out.logits[:, -1, :].float())
-            parts.append([(layer.keys, layer.values) for layer in cache.layers])
+        prefix = self._prefill_shared()
+        chunks = self._chunks()
+        logits, parts = zip(*(self._prefill_chunk(start, end, prefix) for start, end in chunks))
         layers = []
-        for index in range(len(parts[0])):
-            keys = parts[0][index][0].new_zeros((self.size, parts[0][index][0].shape[1], width, parts[0][index][0].shape[3]))
+        for index, sample in enumerate(parts[0]):
+            keys = sample[0].new_zeros((self.size, sample[0].shape[1], width, sample[0].shape[3]))
             values = torch.zeros_like(keys)
-            for (start, end), part in zip(self._chunks(), parts):
-                chunk_keys, chunk_values = part[index]
-                keys[start:end, :, width - chunk_keys.shape[2] :] = chunk_keys
-                values[start:end, :, width - chunk_values.shape[2] :] = chunk_values
+            if prefix:
+                keys[:, :, : self.shared] = prefix[index][0]
+                values[:, :, : self.shared] = prefix[index][1]
+            for (start, end), part in zip(chunks, parts):
+                own_keys, own_values = part[index]
+                keys[start:end, :, width - own_keys.shape[2] :] = own_keys
+                values[start:end, :, width - own_values.shape[2] :] = own_values
             layers.append(_PreallocatedLayer(keys, values, self.capacity))
         self.cache = DynamicCache()
         self.cache.layers, self.cache.layer_class_to_replicate = layers, None

@@ -42,6 +42,15 @@ class PromptTemplate:
         default="\n\n\n",
         metadata={"help": "Text between in-context examples in plain prompts."},
     )
+    shot_style: str = field(
+        default="inline",
+        metadata={
+            "help": "With a chat template: 'inline' puts the examples and the question in one user "
+            "message (the plain prompt), 'turns' makes each example a user turn answered by an "
+            "assistant turn.",
+            "choices": ("inline", "turns"),
+        },
+    )
 
     def user_text(self, example_input: str) -> str:
         return f"{self.instruction}\n\n{example_input}" if self.instruction else example_input
@@ -110,6 +119,8 @@ class PromptBuilder:
         max_new_tokens: int = 0,
         on_overflow: str = "error",
     ) -> None:
+        if template is not None and template.shot_style not in ("inline", "turns"):
+            raise PromptError(f"shot_style must be 'inline' or 'turns', got '{template.shot_style}'")
         if on_overflow not in ("error", "drop-shots"):
             raise PromptError(f"on_overflow must be 'error' or 'drop-shots', got '{on_overflow}'")
         has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -131,13 +142,19 @@ class PromptBuilder:
         return not self.use_chat_template
 
     def render(self, example: Example, shots: Sequence[Example]) -> str:
-        if self.use_chat_template:
+        if not self.use_chat_template:
+            return self._plain(example, shots)
+        if self.template.shot_style == "inline":
+            messages = [{"role": "user", "content": self._plain(example, shots)}]
+        else:
             messages = []
             for shot in shots:
                 messages.append({"role": "user", "content": self.template.user_text(shot.input)})
                 messages.append({"role": "assistant", "content": shot.references[0]})
             messages.append({"role": "user", "content": self.template.user_text(example.input)})
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _plain(self, example: Example, shots: Sequence[Example]) -> str:
         blocks = [self.template.plain_block(s.input, s.references[0]) for s in shots]
         blocks.append(self.template.plain_block(example.input, None))
         return self.template.example_separator.join(blocks)
