@@ -28,6 +28,7 @@ import torch
 
 from tunelab.data import load_examples
 from tunelab.generation import GenerationSettings, generate
+from tunelab.generation.batched import eos_token_ids
 from tunelab.models import load_model
 from tunelab.prompting import PromptBuilder
 
@@ -86,7 +87,7 @@ def main() -> None:
     builder = PromptBuilder(loaded.tokenizer, context_window=loaded.context_window)
     examples = load_examples("dialogsum", "test", limit=args.limit)
     prompts = [builder.build(e, []).text for e in examples]
-    eos = {loaded.tokenizer.eos_token_id}
+    eos = eos_token_ids(loaded.model, loaded.tokenizer)  # the ids tunelab stops on too
     print(f"{len(prompts)} prompts, {sum(builder.count_tokens(p) for p in prompts)} prompt tokens, "
           f"torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}", flush=True)
 

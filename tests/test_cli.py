@@ -41,12 +41,12 @@ def test_prompt_with_fixed_shot_ids_and_field_mapping(tiny_llama_dir, tmp_path):
     out = tmp_path / "qa.jsonl"
     assert main([
         "prompt", "--model", str(tiny_llama_dir), "--data", str(data), "--input-field", "question",
-        "--target-field", "answer", "--shot-ids", "qa-4", "--instruction", "Answer.", "--output-label", "Answer:", "--chat-template", "off",
+        "--target-field", "answer", "--shot-ids", "qa-3", "--instruction", "Answer.", "--output-label", "Answer:", "--chat-template", "off",
         "--max-new-tokens", "3", "--out", str(out), "--no-progress",
     ]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["prompt"] == "Answer.\n\nWhat is Paris?\n\nAnswer: A city.\n\n\nAnswer.\n\nWhat is red?\n\nAnswer:"
-    assert rows[2]["shot_ids"] == []  # the only shot is the row itself (ids default to file-line)
+    assert rows[2]["shot_ids"] == []  # the only shot is the row itself (ids default to <stem>-<row>)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,8 @@ def test_prompt_with_fixed_shot_ids_and_field_mapping(tiny_llama_dir, tmp_path):
         (["--data", "dialogsum", "--split", "train"], "no split 'train'"),
         (["--data", "dialogsum", "--shots", "1", "--shot-ids", "nope"], "shot ids not in the pool: nope"),
         (["--data", "dialogsum", "--temperature", "0", "--do-sample"], "temperature must be > 0"),
+        (["--data", "dialogsum", "--shots", "0", "--shot-ids", "dev_1"], "--shots 0 with --shot-ids"),
+        (["--data", "dialogsum", "--limit", "0"], "limit must be >= 1"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tiny_llama_dir, tmp_path, capsys, args, message):

@@ -71,11 +71,11 @@ def _eval_parser(sub) -> None:
 
 
 def _demo_parser(sub) -> None:
+    from tunelab.jobs import DemoJob
+
     p = sub.add_parser("demo", help="zero-, one- and few-shot DialogSum summaries with the default model, scored")
-    p.add_argument("--limit", type=int, default=40, help="DialogSum test dialogues (default 40)")
-    p.add_argument("--shots", default="0,1,3", help="shot counts to compare (default 0,1,3)")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default 16)")
+    _add_dataclass_options(p, DemoJob, skip=("shots",))
+    p.add_argument("--shots", default="0,1,3", help="Comma-separated shot counts to compare (default: 0,1,3).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shots = tuple(int(s) for s in args.shots.split(","))
     except ValueError:
         raise SystemExit(f"tunelab demo: --shots takes comma-separated integers, got '{args.shots}'") from None
-    run_demo(DemoJob(limit=args.limit, shots=shots, out_dir=args.out_dir, batch_size=args.batch_size))
+    run_demo(_from_args(DemoJob, args, shots=shots))
     return 0
 
 

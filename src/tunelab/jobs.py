@@ -19,6 +19,7 @@ from typing import Any
 from tunelab.data import BUILTIN_DATASETS, Example, load_examples
 from tunelab.generation import GenerationSettings
 from tunelab.models import DEFAULT_MODEL
+from tunelab.errors import PromptError
 from tunelab.prompting import Prompt, PromptBuilder, PromptTemplate, ShotSelector
 
 
@@ -73,7 +74,9 @@ def build_prompts(job: PromptJob, loaded: Any, examples: list[Example]) -> tuple
         max_new_tokens=job.generation.max_new_tokens,
         on_overflow=job.on_overflow,
     )
-    wants_shots = (job.shots or 0) > 0 or bool(job.shot_ids)
+    if job.shot_ids and job.shots == 0:
+        raise PromptError("--shots 0 with --shot-ids: give one or the other")
+    wants_shots = bool(job.shots or job.shot_ids)  # a negative count reaches ShotSelector's check
     selector = ShotSelector(load_shot_pool(job), job.shots, ids=job.shot_ids, seed=job.shot_seed) if wants_shots else None
     return builder, builder.build_all(examples, selector)
 
@@ -87,6 +90,12 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
     examples = load_examples(
         job.data, job.split, input_field=job.input_field, target_field=job.target_field, limit=job.limit
     )
+    if not any(e.references for e in examples):
+        print(
+            f"tunelab: warning: {job.data} has no reference field, so the predictions can't be scored; "
+            "name it with --target-field",
+            file=sys.stderr,
+        )
     if loaded is None:
         loaded = load_model(job.model, dtype=job.dtype, device=job.device, trust_remote_code=job.trust_remote_code)
     builder, prompts = build_prompts(job, loaded, examples)
@@ -148,7 +157,7 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> None:
 class DemoJob:
     """`tunelab demo`: zero-, one- and few-shot DialogSum summaries with the default model."""
 
-    limit: int = field(default=40, metadata={"help": "DialogSum test dialogues to summarize."})
+    limit: int = field(default=60, metadata={"help": "DialogSum test dialogues to summarize."})
     shots: tuple[int, ...] = field(default=(0, 1, 3), metadata={"help": "Shot counts to compare."})
     out_dir: Path = field(default=Path("runs/demo"), metadata={"help": "Where predictions and metrics go."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to prompt."})

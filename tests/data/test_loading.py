@@ -67,7 +67,7 @@ def _write(tmp_path, text, name="bad.jsonl"):
         ('{"dialogue": "hi", "summary": "s"}\n{"dialogue": "yo", "summary": null}\n', r"bad.jsonl:2: field 'summary' must be a non-empty string"),
         ('{"dialogue": "hi", "summary": "s"}\n{"dialogue": "yo"}\n', r"bad.jsonl:2: missing reference field 'summary'"),
         ('[1, 2]\n', r"bad.jsonl:1: expected a JSON object per line"),
-        ('{"id": 1, "dialogue": "a", "summary": "s"}\n{"id": 1, "dialogue": "b", "summary": "t"}\n', r"bad.jsonl:2: id '1' already used on line 1"),
+        ('{"id": 1, "dialogue": "a", "summary": "s"}\n{"id": 1, "dialogue": "b", "summary": "t"}\n', r"bad.jsonl:2: id '1' already used at .*bad.jsonl:1"),
         ('{"words": "hi"}\n', r"bad.jsonl:1: no input field found among \['words'\]; name it with --input-field"),
         ("\n\n", r"bad.jsonl: no rows"),
     ],
@@ -77,10 +77,39 @@ def test_bad_rows_name_file_and_line(tmp_path, text, message):
         load_examples(_write(tmp_path, text))
 
 
-def test_bad_csv_row_names_its_line(tmp_path):
+def test_bad_csv_row_names_its_first_line(tmp_path):
     path = _write(tmp_path, "dialogue,summary\nhello,hi\n\"multi\nline\",ok\nx,y,z\n", "bad.csv")
     with pytest.raises(DataError, match=r"bad.csv:5: more columns than the header's 2"):
         load_examples(path)
+    path = _write(tmp_path, "dialogue,summary\nhello,hi\n\"multi\nline\",\n", "gap.csv")
+    with pytest.raises(DataError, match=r"gap.csv:3: field 'summary' must be a non-empty string"):
+        load_examples(path)
+
+
+def test_row_numbers_for_parquet_and_non_utf8(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([{"text": "a", "label": "x"}, {"text": "", "label": "y"}]), parquet)
+    with pytest.raises(DataError, match=r"p.parquet: row 2: input field 'text'"):
+        load_examples(parquet)
+    latin = tmp_path / "l.jsonl"
+    latin.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="l.jsonl: not UTF-8 text"):
+        load_examples(latin)
+
+
+def test_pretty_printed_json_object_gets_a_hint(tmp_path):
+    path = _write(tmp_path, '{\n  "dialogue": "hi",\n  "summary": "s"\n}\n', "one.json")
+    with pytest.raises(DataError, match="one JSON object per line is expected"):
+        load_examples(path)
+
+
+def test_limit_must_be_positive(dialog_file):
+    with pytest.raises(DataError, match="limit must be >= 1, got 0"):
+        load_examples(dialog_file, limit=0)
+    assert len(load_examples(dialog_file, limit=2)) == 2
 
 
 def test_bad_sources(tmp_path):

@@ -55,6 +55,11 @@ def test_bleu_and_chrf_match_sacrebleu_with_ragged_references():
     streams = [[refs[i] if i < len(refs) else None for refs in REFERENCES] for i in range(3)]
     assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDICTIONS, streams).score)
     assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(PREDICTIONS, streams).score)
+    # Independent check of the holes: filling each with a copy of one of that row's
+    # references must change nothing (BLEU clips by the best reference, chrF takes it).
+    filled = [refs + [refs[0]] * (3 - len(refs)) for refs in REFERENCES]
+    assert result["bleu"] == pytest.approx(score(PREDICTIONS, filled)["bleu"])
+    assert result["chrf"] == pytest.approx(score(PREDICTIONS, filled)["chrf"])
     single = score(PREDICTIONS, [r[:1] for r in REFERENCES])
     assert single["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDICTIONS, [[r[0] for r in REFERENCES]]).score)
     assert result["bleu"] > 0

@@ -38,7 +38,11 @@ def _with_early_eos(loaded, max_new_tokens):
     return {loaded.tokenizer.eos_token_id, eos}
 
 
-def test_batched_greedy_equals_one_at_a_time_and_hf_generate(tiny_model):
+@pytest.mark.parametrize("prefill_tokens", [4096, 16], ids=["one-prefill-chunk", "many-prefill-chunks"])
+def test_batched_greedy_equals_one_at_a_time_and_hf_generate(tiny_model, monkeypatch, prefill_tokens):
+    from tunelab.generation import batched
+
+    monkeypatch.setattr(batched, "PREFILL_TOKENS", prefill_tokens)
     eos_ids = _with_early_eos(tiny_model, 12)
     batched = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=12, batch_size=4), progress=False)
     single = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=12, batch_size=1), progress=False)
@@ -141,3 +145,38 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny_model, monkeyp
         assert out.token_ids == _hf_generate_one(tiny_model, prompt, 10, eos_ids)
     if not tiny_model.is_encoder_decoder:
         assert seen_shared and seen_shared[-1] >= batched.MIN_SHARED_PREFIX
+
+
+def test_repetition_penalty_ignores_padding(tiny_model):
+    """Padding (often the EOS id) must not count as already-generated text: make the pad
+    id a token the model emits, and batched output must still equal model.generate."""
+    free = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, GenerationSettings(max_new_tokens=8), progress=False)
+    pad = free[1].token_ids[2]
+    tiny_model.tokenizer.pad_token = tiny_model.tokenizer.convert_ids_to_tokens(pad)
+    settings = GenerationSettings(max_new_tokens=8, batch_size=5, repetition_penalty=1.3)
+    batched = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS, settings, progress=False)
+    for prompt, out in zip(PROMPTS, batched):
+        enc = tiny_model.tokenizer(prompt, return_tensors="pt")
+        ref = tiny_model.model.generate(**enc, max_new_tokens=8, do_sample=False, repetition_penalty=1.3, eos_token_id=[], pad_token_id=pad)
+        ref = ref[0, 1:] if tiny_model.is_encoder_decoder else ref[0, enc["input_ids"].shape[1]:]
+        eos = tiny_model.tokenizer.eos_token_id
+        ref = ref.tolist()
+        ref = ref[: ref.index(eos)] if eos in ref else ref
+        assert out.token_ids == ref
+
+
+def test_missing_pad_token_and_integer_settings_are_fine(tiny_model):
+    tiny_model.tokenizer.pad_token = None
+    out = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS[:2], GenerationSettings(max_new_tokens=3, temperature=1, do_sample=True, repetition_penalty=2), progress=False)
+    assert all(len(g.token_ids) <= 3 for g in out)
+
+
+def test_sliding_window_models_are_refused_past_the_window(tiny_llama_dir):
+    from tunelab.models import load_model
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    loaded.model.config.sliding_window = 8
+    with pytest.raises(TunelabError, match="past this model's sliding attention window of 8"):
+        generate(loaded.model, loaded.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=10), progress=False)
+    loaded.model.config.sliding_window = 4096  # inside the window: fine
+    assert generate(loaded.model, loaded.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=2), progress=False)

@@ -112,3 +112,20 @@ def test_shots_need_references(pool):
     unlabeled = [Example("u1", "some text"), Example("u2", "more text")]
     with pytest.raises(PromptError, match="need a reference"):
         ShotSelector(unlabeled, 1).for_example(pool[0])
+
+
+def test_a_shot_with_the_same_text_under_another_id_is_not_used(pool):
+    twin = Example("copy-of-d1", pool[0].input, ("a summary",))
+    selector = ShotSelector([twin, *pool[1:3]], 2, seed=0)
+    assert [s.id for s in selector.for_example(pool[0])] in (["d2", "d3"], ["d3", "d2"])
+
+
+def test_a_pool_too_small_besides_the_row_is_an_error(pool):
+    selector = ShotSelector(pool[:3], 3, seed=0)
+    with pytest.raises(PromptError, match="only 2 examples besides 'd1' itself; asked for 3"):
+        selector.for_example(pool[0])
+    assert len(selector.for_example(pool[4])) == 3
+    with pytest.raises(PromptError, match="--shots 0 with --shot-ids"):
+        ShotSelector(pool, 0, ids=["d1"])
+    with pytest.raises(PromptError, match="--shots must be >= 0"):
+        ShotSelector(pool, -1)

@@ -61,9 +61,16 @@ def builtin_path(name: str, split: str | None) -> Path:
     return Path(str(resources.files("tunelab.data") / "builtin" / name / dataset.splits[split]))
 
 
-def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) from a JSONL, JSON-array, CSV, TSV or Parquet file.
-    For Parquet and JSON arrays the "line" is the 1-based row number."""
+def iter_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (where, record) from a JSONL, JSON-array, CSV, TSV or Parquet file, where
+    ``where`` is ``file:line`` (text files) or ``file: row N`` (Parquet, JSON arrays)."""
+    try:
+        yield from _iter_records(Path(path))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _iter_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix == ".gz":
         suffix = Path(path.stem).suffix.lower()
@@ -95,7 +102,7 @@ def _first_char(path: Path) -> str:
     return ""
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with _open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -103,13 +110,14 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                hint = " (one JSON object per line is expected)" if line_no == 1 and line.strip() == "{" else ""
+                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno}){hint}") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
-            yield line_no, record
+            yield f"{path}:{line_no}", record
 
 
-def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_json_array(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with _open_text(path) as handle:
         try:
             records = json.load(handle)
@@ -118,19 +126,24 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for row_no, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise DataError(f"{path}: row {row_no}: expected a JSON object, got {type(record).__name__}")
-        yield row_no, record
+        yield f"{path}: row {row_no}", record
 
 
-def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, Any]]]:
     with _open_text(path) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
-        for record in reader:
-            if None in record:  # more cells than header columns
-                raise DataError(f"{path}:{reader.line_num}: more columns than the header's {len(reader.fieldnames)}")
-            yield reader.line_num, record
+        start = 2  # the first line of the next record (a quoted cell may span lines)
+        try:
+            for record in reader:
+                if None in record:  # more cells than header columns
+                    raise DataError(f"{path}:{start}: more columns than the header's {len(reader.fieldnames)}")
+                yield f"{path}:{start}", record
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: bad CSV ({exc})") from None
 
 
-def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
@@ -138,7 +151,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except Exception as exc:  # pyarrow raises several error types for bad files
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     for row_no, record in enumerate(table.to_pylist(), start=1):
-        yield row_no, record
+        yield f"{path}: row {row_no}", record
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,8 @@ def load_examples(
     ``split`` picks a built-in dataset's split (``dev``/``test``); files have none.
     ``limit`` keeps the first N rows in file order.
     """
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1, got {limit}")
     name = str(source)
     if name.lower() in BUILTIN_DATASETS:
         path = builtin_path(name.lower(), split)
@@ -219,19 +234,18 @@ def load_examples(
         if not path.exists():
             raise DataError(f"no such data file: {path} (built-in datasets: {', '.join(BUILTIN_DATASETS)})")
     examples: list[Example] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     fields: FieldMap | None = None
-    for line_no, record in iter_records(path):
-        where = f"{path}:{line_no}"
+    for index, (where, record) in enumerate(iter_records(path), start=1):
         if fields is None:
             try:
                 fields = detect_fields(record, input_field, target_field)
             except DataError as exc:
                 raise DataError(f"{where}: {exc}") from None
-        example = to_example(record, fields, where, fallback_id=f"{path.stem}-{line_no}")
+        example = to_example(record, fields, where, fallback_id=f"{path.stem}-{index}")
         if example.id in seen:
-            raise DataError(f"{where}: id '{example.id}' already used on line {seen[example.id]}; ids must be unique")
-        seen[example.id] = line_no
+            raise DataError(f"{where}: id '{example.id}' already used at {seen[example.id]}; ids must be unique")
+        seen[example.id] = where
         examples.append(example)
         if limit is not None and len(examples) >= limit:
             break

@@ -4,8 +4,8 @@ ROUGE is an F-measure in [0, 1], with the Porter stemmer. With several reference
 prediction, ``multi_ref="mean"`` averages over every (prediction, reference) pair — how
 the course scored DialogSum's test split, flattened to 1,500 rows — and ``"max"`` keeps
 each prediction's best reference. ROUGE-Lsum splits texts into sentences at newlines;
-we first put each sentence on its own line (a regex split on ., ! and ?), as the
-Hugging Face ``evaluate`` wrapper does with nltk.
+we first put each sentence on its own line (a regex split on ., ! and ?), as
+transformers' summarization example does with nltk before calling ``evaluate``.
 
 BLEU and chrF are corpus-level, on sacrebleu's 0-100 scale, with every reference used
 (sacrebleu's multi-reference mode).

@@ -28,8 +28,7 @@ def read_predictions(path: Path) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise DataError(f"no such predictions file: {path}")
     predictions, references = [], []
-    for line_no, row in iter_records(path):
-        where = f"{path}:{line_no}"
+    for where, row in iter_records(path):
         prediction = row.get("prediction")
         if not isinstance(prediction, str):
             raise DataError(f"{where}: expected a string field 'prediction'; the row has fields {list(row)}")

@@ -76,10 +76,19 @@ def generate_from_ids(
 ) -> list[Generation]:
     if any(len(ids) == 0 for ids in prompt_ids):
         raise TunelabError("cannot generate from an empty prompt")
+    longest = max((len(ids) for ids in prompt_ids), default=0) + settings.max_new_tokens
+    window = _sliding_window(model.config)
+    if window is not None and longest > window:
+        raise TunelabError(
+            f"prompt + new tokens reach {longest} tokens, past this model's sliding attention window of "
+            f"{window}; tunelab's batched generation handles sequences within the window only"
+        )
+    # Padding is masked, so any id serves; EOS is the usual stand-in.
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None))
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     decoder_class = _Seq2SeqDecoder if model.config.is_encoder_decoder else _CausalDecoder
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     processors = _logits_processors(settings)
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     results: list[Generation | None] = [None] * len(prompt_ids)
@@ -88,7 +97,7 @@ def generate_from_ids(
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
             decoder = decoder_class(
-                model, [list(prompt_ids[i]) for i in rows], tokenizer.pad_token_id, device, settings.max_new_tokens
+                model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens
             )
             outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator)
             for row, (tokens, reason) in zip(rows, outputs):
@@ -99,7 +108,20 @@ def generate_from_ids(
     return results  # type: ignore[return-value]
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def _sliding_window(config: Any) -> int | None:
+    """The attention window of sliding-window layers, if the model uses any: the
+    [prefix | padding | own] cache layout shifts cache indices, which such masks count."""
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and not any("sliding" in str(t) for t in layer_types):
+        return None
+    return window
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every id that ends a sequence: the generation config's and the tokenizer's."""
     ids: set[int] = set()
     for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if isinstance(value, int):
@@ -161,8 +183,9 @@ def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> lis
 
 
 def _hit_stop(tokenizer: Any, tokens: list[int], stop: Sequence[str]) -> bool:
-    # Decode a tail long enough to hold any stop string (a token is >= 1 character).
-    tail = tokenizer.decode(tokens[-(max(len(s) for s in stop) + 2) :], skip_special_tokens=True)
+    # Decode a tail long enough to hold any stop string: a byte-level token holds at
+    # least one byte, so as many tokens as the string has UTF-8 bytes, plus a margin.
+    tail = tokenizer.decode(tokens[-(max(len(s.encode()) for s in stop) + 2) :], skip_special_tokens=True)
     return any(s in tail for s in stop)
 
 
@@ -256,6 +279,9 @@ class _CausalDecoder:
             self.mask[row, : self.shared] = 1
             self.mask[row, width - self.own_lengths[row] :] = 1
         self.next_position = self.mask.sum(dim=1)
+        # The repetition penalty must not see padding (often the EOS token): pads are
+        # shown to it as the row's last prompt token, which it already penalizes once.
+        self.last_prompt_token = self.sequences[:, -1].clone()
         self.cache = None
 
     def _chunks(self) -> list[tuple[int, int]]:
@@ -326,9 +352,10 @@ class _CausalDecoder:
         self.sequences = self.sequences.index_select(0, index)
         self.mask = self.mask.index_select(0, index)
         self.next_position = self.next_position.index_select(0, index)
+        self.last_prompt_token = self.last_prompt_token.index_select(0, index)
 
     def history(self):
-        return self.sequences
+        return torch.where(self.mask.bool(), self.sequences, self.last_prompt_token[:, None])
 
 
 class _Seq2SeqDecoder:
@@ -349,6 +376,8 @@ class _Seq2SeqDecoder:
         start_id = model.generation_config.decoder_start_token_id
         if start_id is None:
             start_id = model.config.decoder_start_token_id
+        if start_id is None:
+            raise TunelabError("this encoder-decoder model's config sets no decoder_start_token_id")
         self.sequences = torch.full((self.size, 1), start_id, dtype=torch.long, device=device)
         self.cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
 

@@ -22,6 +22,10 @@ class GenerationSettings:
     seed: int = field(default=0, metadata={"help": "Seed for sampling; the same seed and settings give the same texts."})
 
     def validate(self) -> None:
+        # transformers' logits processors insist on floats: accept 1 as well as 1.0
+        self.temperature, self.top_p = float(self.temperature), float(self.top_p)
+        self.repetition_penalty = float(self.repetition_penalty)
+        self.stop = tuple(self.stop)
         problems = []
         if self.max_new_tokens < 1:
             problems.append("max_new_tokens must be >= 1")

@@ -1,8 +1,9 @@
 """Prompts with zero, one or few in-context examples, fitted to the context window.
 
-An instruct model sees its own chat template: each in-context example is a user turn
-(instruction + input) answered by an assistant turn (the reference), then the question.
-A base or seq2seq model sees plain text blocks in the course's shape:
+A base or seq2seq model sees plain text blocks in the course's shape (below). An
+instruct model sees its own chat template around them: by default the whole plain
+prompt in one user message (``shot_style="inline"``), or each in-context example as a
+user turn answered by an assistant turn, then the question (``shot_style="turns"``).
 
     Summarize the following conversation.
 
@@ -74,16 +75,20 @@ class ShotSelector:
     """Chooses in-context examples: fixed ids, or a seeded draw from a pool.
 
     A seeded draw permutes the pool once, so every row gets the same shots except
-    where a shot *is* the row being answered; that one is replaced by the next in the
-    permutation. Fixed ids that equal the row are skipped the same way.
+    where a shot *is* the row being answered (same id or same text); that one is
+    replaced by the next in the permutation. A fixed id that is the row itself is left
+    out, so that row gets one shot fewer (its output row lists the shots it got).
     """
 
     def __init__(
         self, pool: Sequence[Example], k: int | None = None, *, ids: Sequence[str] | None = None, seed: int = 0
     ) -> None:
-        k = len(ids) if k is None and ids else k or 0
-        if k < 0:
+        if k is not None and k < 0:
             raise PromptError(f"--shots must be >= 0, got {k}")
+        if ids and k == 0:
+            raise PromptError("--shots 0 with --shot-ids: give one or the other")
+        k = len(ids) if k is None and ids else k or 0
+        self.fixed = bool(ids)
         by_id = {example.id: example for example in pool}
         if ids:
             missing = [i for i in ids if i not in by_id]
@@ -100,6 +105,10 @@ class ShotSelector:
 
     def for_example(self, example: Example) -> list[Example]:
         shots = [s for s in self.order if s.id != example.id and s.input != example.input][: self.k]
+        if len(shots) < self.k and not self.fixed:
+            raise PromptError(
+                f"the shot pool has only {len(shots)} examples besides '{example.id}' itself; asked for {self.k}"
+            )
         if any(not s.references for s in shots):
             raise PromptError("in-context examples need a reference answer; the shot pool has rows without one")
         return shots
