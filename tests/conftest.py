@@ -76,7 +76,7 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
     config = T5Config(
         vocab_size=len(tokenizer), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2,
         num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id, initializer_factor=3.0,
+        decoder_start_token_id=tokenizer.pad_token_id, initializer_factor=1.5,
     )
     torch.manual_seed(0)
     return _save(T5ForConditionalGeneration(config), tokenizer, tmp_path_factory.mktemp("tiny-t5"))

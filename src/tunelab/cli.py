@@ -78,6 +78,28 @@ def _demo_parser(sub) -> None:
     p.add_argument("--shots", default="0,1,3", help="Comma-separated shot counts to compare (default: 0,1,3).")
 
 
+def _train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune with a recipe: full, selective/BitFit, LoRA, prompt/prefix tuning, IA3, adapters",
+        description="Run a training recipe (YAML). Any recipe field can be overridden as key=value, "
+        "e.g. `tunelab train recipes/dialogsum-lora.yaml lora.r=16 max_steps=20`. "
+        "Several GPUs/nodes: `accelerate launch -m tunelab train ...`.",
+    )
+    p.add_argument("recipe", type=Path, help="recipe YAML file (see recipes/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields to override")
+    p.add_argument("--output-dir", help="where checkpoints, logs and the final artifact go (overrides output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="fold a LoRA adapter into its base model and save a plain model folder")
+    p.add_argument("--model", required=True, help="the base model the adapter was trained on")
+    p.add_argument("--adapter", required=True, type=Path, help="LoRA adapter folder (tunelab train's final/)")
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -88,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     _prompt_parser(sub)
     _eval_parser(sub)
     _demo_parser(sub)
+    _train_parser(sub)
+    _merge_parser(sub)
     return parser
 
 
@@ -134,7 +158,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo}
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunelab.training.config import load_recipe
+    from tunelab.training.engine import train
+
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    config = load_recipe(args.recipe, overrides)
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    summary = result.summary
+    if summary:
+        print(
+            f"{config.method}: {summary['steps']} steps in {summary['train_seconds']} s, "
+            f"trainable {summary['trainable_params']:,} ({summary['trainable_percent']:.3f}%), "
+            f"peak memory {summary['peak_memory_mb']:.0f} MB, artifact {summary['artifact_mb']:.2f} MB -> {result.artifact}"
+        )
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tunelab.models import load_model
+    from tunelab.training.methods import load_artifact
+    from tunelab.training.methods.lora import merge
+
+    loaded = load_model(args.model, device="cpu")
+    model = load_artifact(loaded.model, args.adapter)
+    if not hasattr(model, "merge_and_unload"):
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"{args.adapter} is not a LoRA/IA3 adapter: only those fold into the base weights")
+    merged = merge(model)
+    merged.save_pretrained(args.out)
+    loaded.tokenizer.save_pretrained(args.out)
+    print(f"merged {args.adapter} into {args.model} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

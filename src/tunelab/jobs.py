@@ -29,6 +29,7 @@ class PromptJob:
 
     data: str = field(default="dialogsum", metadata={"help": "Built-in dataset (dialogsum) or a .jsonl/.csv/.tsv/.parquet file."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model name, folder, .gguf file or hub id."})
+    adapter: str | None = field(default=None, metadata={"help": "Trained adapter folder to apply (LoRA, prompt/prefix tuning, IA3, selective, bottleneck)."})
     split: str | None = field(default=None, metadata={"help": "Split of a built-in dataset (dialogsum: dev, test; default test)."})
     input_field: str | None = field(default=None, metadata={"help": "Field holding the input text (auto-detected)."})
     target_field: str | None = field(default=None, metadata={"help": "Reference field(s), comma-separated (auto-detected)."})
@@ -98,6 +99,10 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
         )
     if loaded is None:
         loaded = load_model(job.model, dtype=job.dtype, device=job.device, trust_remote_code=job.trust_remote_code)
+        if job.adapter:
+            from tunelab.training.methods import load_artifact
+
+            loaded.model = load_artifact(loaded.model, job.adapter)
     builder, prompts = build_prompts(job, loaded, examples)
     outputs = generate(
         loaded.model,

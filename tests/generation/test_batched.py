@@ -64,11 +64,11 @@ def test_output_order_follows_input_order(tiny_model):
 
 def test_stop_strings_cut_the_text(tiny_model):
     free = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=10), progress=False)[0]
-    stop = tiny_model.tokenizer.decode(free.token_ids[4:6], skip_special_tokens=True)
-    if not stop.strip():
-        pytest.fail("the tiny model's tokens 4-5 decode to whitespace; pick other positions")
+    decode = lambda ids: tiny_model.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    start = next(i for i in range(1, 8) if decode(free.token_ids[i : i + 2]).strip())  # visible text
+    stop = decode(free.token_ids[start : start + 2]).strip()
     cut = generate(tiny_model.model, tiny_model.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=10, stop=(stop,)), progress=False)[0]
-    assert cut.finish_reason == "stop" and len(cut.token_ids) < 10
+    assert cut.finish_reason == "stop" and len(cut.token_ids) <= start + 2
     assert stop not in cut.text and free.text.startswith(cut.text)
 
 

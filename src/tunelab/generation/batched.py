@@ -88,6 +88,8 @@ def generate_from_ids(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     decoder_class = _Seq2SeqDecoder if model.config.is_encoder_decoder else _CausalDecoder
+    if _is_prompt_learning(model):
+        decoder_class = _PeftGenerateDecoder
     eos_ids = eos_token_ids(model, tokenizer)
     processors = _logits_processors(settings)
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
@@ -106,6 +108,14 @@ def generate_from_ids(
             bar.update(len(rows))
             bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - started):.1f}")
     return results  # type: ignore[return-value]
+
+
+def _is_prompt_learning(model: Any) -> bool:
+    """peft soft prompts (prompt and prefix tuning) add virtual tokens inside peft's own
+    forward and generate; our cache layout can't see them, so those models decode with
+    peft's generate (sorted batches still)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _sliding_window(config: Any) -> int | None:
@@ -147,6 +157,8 @@ def _logits_processors(settings: GenerationSettings):
 
 def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> list[tuple[list[int], str]]:
     """The decoding loop shared by both architectures; ``decoder`` hides the difference."""
+    if isinstance(decoder, _PeftGenerateDecoder):
+        return decoder.run(settings, eos_ids, tokenizer, generator)
     size = decoder.size
     tokens: list[list[int]] = [[] for _ in range(size)]
     reasons = ["length"] * size
@@ -403,3 +415,40 @@ class _Seq2SeqDecoder:
 
     def history(self):
         return self.sequences
+
+
+class _PeftGenerateDecoder:
+    """Fallback for peft soft-prompt models: peft's generate on a left-padded batch."""
+
+    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int) -> None:
+        self.model, self.prompts, self.pad_id, self.device = model, prompts, pad_id, device
+
+    def run(self, settings, eos_ids, tokenizer, generator) -> list[tuple[list[int], str]]:
+        encoder_decoder = self.model.config.is_encoder_decoder
+        width = max(len(p) for p in self.prompts)
+        ids = torch.full((len(self.prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(self.prompts):
+            cols = slice(0, len(prompt)) if encoder_decoder else slice(width - len(prompt), width)
+            ids[row, cols] = torch.tensor(prompt)
+            mask[row, cols] = 1
+        sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p} if settings.do_sample else {"do_sample": False}
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        out = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=settings.max_new_tokens,
+            repetition_penalty=settings.repetition_penalty, eos_token_id=sorted(eos_ids), pad_token_id=self.pad_id, **sampling,
+        )
+        new = out[:, 1:] if encoder_decoder else out[:, width:]
+        results = []
+        for row in new.tolist():
+            tokens, reason = [], "length"
+            for token in row:
+                if token in eos_ids:
+                    reason = "stop"
+                    break
+                tokens.append(token)
+                if settings.stop and _hit_stop(tokenizer, tokens, settings.stop):
+                    reason = "stop"
+                    break
+            results.append((tokens, reason))
+        return results

@@ -1,0 +1,87 @@
+"""Instruction data for training: prompt -> completion, loss on the completion only.
+
+Prompts are built by the same PromptBuilder as `tunelab prompt`, so a fine-tuned model
+is trained on exactly the text it is later evaluated with. Batches group examples of
+similar length (shuffled in mega-batches, as transformers' LengthGroupedSampler does)
+so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from tunelab.data import Example
+from tunelab.errors import DataError
+from tunelab.prompting import PromptBuilder
+
+IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
+
+
+def tokenize_examples(
+    examples: Sequence[Example],
+    builder: PromptBuilder,
+    tokenizer: Any,
+    *,
+    is_encoder_decoder: bool,
+    max_length: int,
+) -> tuple[list[dict[str, list[int]]], int]:
+    """Tokenize (prompt, first reference) pairs; returns the rows and how many had their
+    prompt cut from the left to fit ``max_length`` (the completion is never cut unless it
+    alone is longer)."""
+    rows, truncated = [], 0
+    eos = tokenizer.eos_token_id
+    for example in examples:
+        if not example.references:
+            raise DataError(f"example '{example.id}' has no reference: training needs a target text")
+        prompt = builder.render(example, [])
+        prompt_ids = tokenizer(prompt, add_special_tokens=builder.adds_special_tokens)["input_ids"]
+        target_ids = tokenizer(example.references[0], add_special_tokens=False)["input_ids"] + [eos]
+        if is_encoder_decoder:
+            if len(prompt_ids) > max_length:
+                prompt_ids, truncated = prompt_ids[-max_length:], truncated + 1
+            rows.append({"input_ids": prompt_ids, "labels": target_ids[:max_length]})
+            continue
+        target_ids = target_ids[:max_length]
+        room = max_length - len(target_ids)
+        if len(prompt_ids) > room:
+            prompt_ids, truncated = prompt_ids[len(prompt_ids) - room :], truncated + 1
+        rows.append({"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids})
+    return rows, truncated
+
+
+def row_length(row: dict[str, list[int]]) -> int:
+    return len(row["input_ids"]) + (len(row["labels"]) if len(row["labels"]) != len(row["input_ids"]) else 0)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffle, then sort by length inside mega-batches of 50 batches, so batches hold
+    similar lengths yet their order stays random. Deterministic in (seed, epoch), which
+    is what lets --resume replay the same order."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * 50
+    batches = []
+    for start in range(0, len(order), mega):
+        group = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(rows: Sequence[dict[str, list[int]]], pad_id: int, is_encoder_decoder: bool) -> dict[str, Any]:
+    """Right-pad a batch; padded label positions are IGNORE_INDEX."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    label_width = max(len(r["labels"]) for r in rows)
+    labels = torch.full((len(rows), label_width), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+        attention[i, : len(row["input_ids"])] = 1
+        labels[i, : len(row["labels"])] = torch.tensor(row["labels"])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -1,0 +1,344 @@
+"""The training loop every method shares, on accelerate (one CPU to many GPUs/nodes).
+
+    accelerate launch -m tunelab train RECIPE.yaml     # DDP/FSDP as accelerate is configured
+
+Loss on completion tokens only; length-grouped batches; gradient accumulation; AdamW
+with warm-up and linear/cosine decay; checkpoints written atomically; ``resume=True``
+continues exactly (trainable weights, optimizer, scheduler, data order, RNG); a JSONL
+log, a PNG loss curve and a progress bar with ETA; a non-finite loss stops the run and
+leaves the last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.data import load_examples
+from tunelab.errors import TunelabError
+from tunelab.prompting import PromptBuilder, PromptTemplate
+from tunelab.training.config import TrainConfig, to_dict
+from tunelab.training.data import collate, length_grouped_batches, row_length, tokenize_examples
+from tunelab.training.methods import METHODS
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+class TrainingError(TunelabError):
+    """Training cannot go on (e.g. the loss became NaN); the message names what is kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    artifact: Path
+    steps: int
+    summary: dict[str, Any]
+
+
+def _prompt_builder(config: TrainConfig, loaded: Any) -> PromptBuilder:
+    template = PromptTemplate() if config.instruction is None else PromptTemplate(instruction=config.instruction)
+    return PromptBuilder(
+        loaded.tokenizer,
+        template,
+        use_chat_template={"auto": None, "on": True, "off": False}[config.chat_template],
+        context_window=None,
+        is_encoder_decoder=loaded.is_encoder_decoder,
+    )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _folder_size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One run of one recipe. ``loaded`` lets tests and the demo pass a model in."""
+
+    def __init__(self, config: TrainConfig, loaded: Any = None, *, progress: bool = True) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.progress = progress
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if config.bf16 else "no"
+        )
+        set_seed(config.seed)
+        if loaded is None:
+            from tunelab.models import load_model
+
+            loaded = load_model(config.model, device="cpu")
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.method = METHODS[config.method]
+        settings = getattr(config, self.method.settings_field) if self.method.settings_field else None
+        self.model = self.method.prepare(loaded.model, settings, loaded.tokenizer)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+            if hasattr(self.model, "enable_input_require_grads"):
+                self.model.enable_input_require_grads()
+        self.builder = _prompt_builder(config, loaded)
+        self.rows = self._tokenize(config.data, config.split, config.limit)
+        self.eval_rows = self._tokenize(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
+        self.model.train()
+
+    # -- data -------------------------------------------------------------------------
+    def _tokenize(self, data: str, split: str | None, limit: int | None) -> list[dict[str, list[int]]]:
+        examples = load_examples(data, split, input_field=self.config.input_field, target_field=self.config.target_field, limit=limit)
+        rows, truncated = tokenize_examples(
+            examples, self.builder, self.tokenizer,
+            is_encoder_decoder=self.loaded.is_encoder_decoder, max_length=self.config.max_length,
+        )
+        if truncated:
+            print(f"tunelab train: {truncated} of {len(rows)} prompts from {data} cut to max_length={self.config.max_length}", file=sys.stderr)
+        return rows
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's share of the epoch's batches (each process gets as many)."""
+        batches = length_grouped_batches([row_length(r) for r in self.rows], self.config.batch_size, self.config.seed, epoch)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+        return batches[:usable][rank::world] if world > 1 else batches
+
+    def _batch(self, indices: list[int], rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        batch = collate([rows[i] for i in indices], pad, self.loaded.is_encoder_decoder)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    # -- schedule -----------------------------------------------------------------------
+    def total_steps(self) -> int:
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        per_epoch = len(self._epoch_batches(0))
+        return max(1, math.ceil(per_epoch * self.config.epochs / self.config.grad_accum))
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        model = self.accelerator.unwrap_model(self.model)
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Write step-N into a temporary folder, rename it into place, then point
+        ``latest`` at it: a crash at any moment leaves the previous checkpoint usable."""
+        from safetensors.torch import save_file
+
+        root = self.output_dir / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        target = root / f"step-{state['step']}"
+        tmp = root / f".tmp-step-{state['step']}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in self._trainable().items()}, str(tmp / TRAINABLE_FILE))
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        _write_json(tmp / "state.json", {**state, "python_rng": repr(random.getstate())})
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+        (root / ".latest.tmp").write_text(target.name)
+        os.replace(root / ".latest.tmp", root / "latest")
+        kept = sorted((p for p in root.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
+        for old in kept[: -self.config.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        root = self.output_dir / "checkpoints"
+        if not (root / "latest").is_file():
+            raise TrainingError(f"--resume: no checkpoint in {root} (checkpoints are written every save_steps)")
+        folder = root / (root / "latest").read_text().strip()
+        tensors = load_file(str(folder / TRAINABLE_FILE))
+        own = self._trainable()
+        if set(tensors) != set(own):
+            raise TrainingError(f"--resume: {folder} was written by a different method or model set-up")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                own[name].copy_(value)
+        # our own files, but still loaded without unpickling arbitrary objects
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
+        state = json.loads((folder / "state.json").read_text())
+        import ast
+
+        random.setstate(ast.literal_eval(state.pop("python_rng")))
+        print(f"tunelab train: resumed from {folder} (step {state['step']})", file=sys.stderr)
+        return state
+
+    # -- logging ------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        from tunelab.training.plot import plot_losses
+
+        plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png", title=f"{self.config.method} on {self.config.data}")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        losses, weights = [], []
+        for start in range(0, len(self.eval_rows), self.config.batch_size):
+            batch = self._batch(list(range(start, min(start + self.config.batch_size, len(self.eval_rows)))), self.eval_rows)
+            tokens = int((batch["labels"] != -100).sum())
+            losses.append(float(self.model(**batch).loss) * tokens)
+            weights.append(tokens)
+        result = {"eval_loss": sum(losses) / max(sum(weights), 1)}
+        if self.config.eval_rouge_limit:
+            result.update(self._eval_rouge())
+        self.model.train()
+        return result
+
+    def _eval_rouge(self) -> dict[str, float]:
+        from tunelab.evaluation import rouge
+        from tunelab.generation import GenerationSettings, generate
+
+        examples = load_examples(self.config.eval_data, self.config.eval_split, limit=self.config.eval_rouge_limit,
+                                 input_field=self.config.input_field, target_field=self.config.target_field)
+        prompts = [self.builder.render(e, []) for e in examples]
+        model = self.accelerator.unwrap_model(self.model)
+        outputs = generate(model, self.tokenizer, prompts, GenerationSettings(max_new_tokens=60, batch_size=16),
+                           add_special_tokens=self.builder.adds_special_tokens, progress=False)
+        scores = rouge([o.text for o in outputs], [e.references for e in examples])
+        return {f"eval_{k}": v for k, v in scores.items()}
+
+    # -- the loop -----------------------------------------------------------------------
+    def train(self, resume: bool = False) -> TrainResult:
+        from tqdm.auto import tqdm
+        from transformers import get_scheduler
+
+        config = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        total = self.total_steps()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(f"method '{config.method}' left no parameter trainable")
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(
+            config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0}
+        if resume:
+            state = self.load_checkpoint()
+        else:
+            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            _write_json(self.output_dir / "config.json", to_dict(config))
+        started = time.perf_counter() - state["elapsed"]
+        bar = tqdm(total=total, initial=state["step"], desc=f"train {config.method}", unit="step",
+                   disable=not (self.progress and self.accelerator.is_main_process))
+        micro = 0
+        while state["step"] < total:
+            batches = self._epoch_batches(state["epoch"])
+            for index in range(state["batch"], len(batches)):
+                batch = self._batch(batches[index], self.rows)
+                with self.accelerator.accumulate(self.model):
+                    loss = self.model(**batch).loss
+                    if not torch.isfinite(loss):
+                        self._stop_on_bad_loss(loss, state)
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients and config.max_grad_norm > 0:
+                        self.accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step() if self.accelerator.sync_gradients else None
+                    self.optimizer.zero_grad()
+                micro += 1
+                state["tokens"] += int((batch["labels"] != -100).sum())
+                state["batch"] = index + 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                state["elapsed"] = time.perf_counter() - started
+                self._after_step(state, loss.item(), bar)
+                if state["step"] >= total:
+                    break
+            else:
+                state["epoch"] += 1
+                state["batch"] = 0
+        bar.close()
+        return self._finish(state)
+
+    def _after_step(self, state: dict[str, Any], loss: float, bar: Any) -> None:
+        config = self.config
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if state["step"] % config.logging_steps == 0:
+            self.log({"step": state["step"], "epoch": state["epoch"], "loss": loss,
+                      "lr": self.scheduler.get_last_lr()[0], "tokens": state["tokens"], "elapsed": round(state["elapsed"], 2)})
+        if config.eval_steps and self.eval_rows and state["step"] % config.eval_steps == 0:
+            self.log({"step": state["step"], **self.evaluate()})
+        if config.save_steps and state["step"] % config.save_steps == 0 and self.accelerator.is_main_process:
+            self.save_checkpoint(state)
+        self.accelerator.wait_for_everyone()
+
+    def _stop_on_bad_loss(self, loss: torch.Tensor, state: dict[str, Any]) -> None:
+        latest = self.output_dir / "checkpoints" / "latest"
+        kept = f"the last good checkpoint is {latest.parent / latest.read_text().strip()}" if latest.is_file() else "no checkpoint was written yet"
+        raise TrainingError(
+            f"the loss became {loss.item()} at step {state['step'] + 1}; training stopped and {kept}. "
+            "Try a lower learning_rate, max_grad_norm > 0, or check the data."
+        )
+
+    def _finish(self, state: dict[str, Any]) -> TrainResult:
+        artifact = self.output_dir / "final"
+        summary: dict[str, Any] = {}
+        if self.eval_rows:
+            metrics = self.evaluate()
+            self.log({"step": state["step"], **metrics})
+            summary.update(metrics)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(artifact, ignore_errors=True)
+            self.method.save(self.accelerator.unwrap_model(self.model), artifact, self.tokenizer)
+            model = self.accelerator.unwrap_model(self.model)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            summary.update({
+                "method": self.config.method,
+                "steps": state["step"],
+                "trainable_params": trainable,
+                "trainable_percent": 100 * trainable / total,
+                "total_params": total,
+                "train_seconds": round(state["elapsed"], 1),
+                "completion_tokens": state["tokens"],
+                "tokens_per_second": state["tokens"] / max(state["elapsed"], 1e-9),
+                "peak_memory_mb": round(_peak_memory_mb(self.accelerator.device), 1),
+                "artifact_mb": round(_folder_size_mb(artifact), 3),
+            })
+            _write_json(self.output_dir / "summary.json", summary)
+            self.plot()
+        self.accelerator.wait_for_everyone()
+        return TrainResult(self.output_dir, artifact, state["step"], summary)
+
+
+def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> TrainResult:
+    return Trainer(config, loaded, progress=progress).train(resume=resume)

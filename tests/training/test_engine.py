@@ -1,0 +1,163 @@
+"""The engine: exact resume after a crash, bad loss, bad input, recipes, CLI."""
+
+import json
+
+import pytest
+import torch
+
+from tests.training.test_methods import make_config
+from tunelab.data import load_examples
+from tunelab.errors import DataError
+from tunelab.models import load_model
+from tunelab.training.config import RecipeError, load_recipe
+from tunelab.training.engine import Trainer, TrainingError
+from tunelab.training.methods._common import MethodError
+
+
+def trainable(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_kill_and_resume_gives_the_same_weights(method, tiny_model_dir, dialog_file, tmp_path, monkeypatch):
+    straight = Trainer(make_config(tiny_model_dir, dialog_file, tmp_path / "a", method, max_steps=6, save_steps=2), load_model(str(tiny_model_dir), device="cpu"), progress=False)
+    straight.train()
+    expected = trainable(straight)
+
+    config = make_config(tiny_model_dir, dialog_file, tmp_path / "b", method, max_steps=6, save_steps=2)
+    original = Trainer._after_step
+
+    def crash_after_step_4(self, state, loss, bar):
+        original(self, state, loss, bar)
+        if state["step"] == 4:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(Trainer, "_after_step", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, load_model(str(tiny_model_dir), device="cpu"), progress=False).train()
+    monkeypatch.setattr(Trainer, "_after_step", original)
+    assert (tmp_path / "b" / f"run-{method}" / "checkpoints" / "latest").read_text() == "step-4"
+    resumed = Trainer(config, load_model(str(tiny_model_dir), device="cpu"), progress=False)
+    result = resumed.train(resume=True)
+    assert result.steps == 6
+    for name, value in trainable(resumed).items():
+        assert torch.equal(value, expected[name]), f"{name} differs after resume"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_llama_dir, dialog_file, tmp_path, monkeypatch):
+    config = make_config(tiny_llama_dir, dialog_file, tmp_path, "lora", max_steps=6, save_steps=2)
+    trainer = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+    forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3.*last good checkpoint is .*step-2"):
+        trainer.train()
+    assert (tmp_path / "run-lora" / "checkpoints" / "step-2" / "trainable.safetensors").is_file()
+
+
+def test_bad_input(tiny_llama_dir, tiny_t5_dir, dialog_file, tmp_path):
+    config = make_config(tiny_llama_dir, dialog_file, tmp_path, "lora")
+    config.lora.target_modules = ["query", "value"]
+    with pytest.raises(MethodError, match=r"target modules \['query', 'value'\] match no module.*q_proj"):
+        Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+    config = make_config(tiny_t5_dir, dialog_file, tmp_path, "lora")
+    config.lora.quantize_4bit = True
+    if not torch.cuda.is_available():
+        with pytest.raises(MethodError, match="QLoRA .* needs a CUDA GPU"):
+            Trainer(config, load_model(str(tiny_t5_dir), device="cpu"), progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="no rows"):
+        Trainer(make_config(tiny_llama_dir, empty, tmp_path, "lora"), load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+    unlabeled = tmp_path / "unlabeled.jsonl"
+    unlabeled.write_text('{"text": "hello"}\n')
+    with pytest.raises(DataError, match="no reference: training needs a target text"):
+        Trainer(make_config(tiny_llama_dir, unlabeled, tmp_path, "lora"), load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+
+
+def test_adapter_on_an_architecture_without_placement(dialog_file, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.conftest import train_tokenizer
+    from tunelab.models.loading import LoadedModel
+
+    tokenizer = train_tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2))
+    config = make_config("gpt2-tiny", dialog_file, tmp_path, "adapter")
+    with pytest.raises(MethodError, match="no default adapter placement for model type 'gpt2'"):
+        Trainer(config, LoadedModel(model, tokenizer, "gpt2-tiny"), progress=False)
+
+
+def test_recipe_fields_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: lora\nlearning_rate: 0.001\nlora:\n  r: 4\n  target_modules: [q_proj]\n")
+    config = load_recipe(recipe, ["lora.alpha=8", "max_steps=3", "selective.bitfit=true"])
+    assert (config.learning_rate, config.lora.r, config.lora.alpha, config.max_steps) == (0.001, 4, 8, 3)
+    assert config.lora.target_modules == ["q_proj"] and config.selective.bitfit is True
+    with pytest.raises(RecipeError, match=r"unknown recipe field 'learning_rte'; did you mean 'learning_rate'"):
+        load_recipe(recipe, ["learning_rte=1"])
+    with pytest.raises(RecipeError, match=r"unknown recipe field 'lora.rank'.*did you mean 'r'|unknown recipe field 'rank'"):
+        load_recipe(recipe, ["lora.rank=4"])
+    with pytest.raises(RecipeError, match="unknown method 'loar'; did you mean 'lora'"):
+        load_recipe(recipe, ["method=loar"])
+    with pytest.raises(RecipeError, match="no such recipe"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_shipped_recipes_are_valid():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parents[2].joinpath("recipes").glob("*.yaml"))
+    assert len(recipes) >= 6
+    for recipe in recipes:
+        config = load_recipe(recipe)
+        assert config.method and config.output_dir
+
+
+def test_cli_train_then_prompt_with_adapter(tiny_llama_dir, dialog_file, tmp_path):
+    from tunelab.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"method: lora\nmodel: {tiny_llama_dir}\ndata: {dialog_file}\nsplit: null\nmax_steps: 2\nbatch_size: 2\nchat_template: 'off'\n")
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), "learning_rate=0.01", "--output-dir", str(out), "--no-progress"]) == 0
+    assert (out / "final" / "adapter_config.json").is_file() and (out / "final" / "adapter_model.safetensors").is_file()
+    preds = tmp_path / "p.jsonl"
+    assert main(["prompt", "--model", str(tiny_llama_dir), "--adapter", str(out / "final"), "--data", str(dialog_file),
+                 "--chat-template", "off", "--max-new-tokens", "3", "--out", str(preds), "--no-progress"]) == 0
+    assert len(preds.read_text().splitlines()) == 6
+    merged = tmp_path / "merged"
+    assert main(["merge", "--model", str(tiny_llama_dir), "--adapter", str(out / "final"), "--out", str(merged)]) == 0
+    assert (merged / "model.safetensors").is_file()
+
+
+def test_two_process_cpu_run_under_accelerate_launch(tiny_llama_dir, dialog_file, tmp_path):
+    """DDP over gloo on the CPU: both processes train on their share, one saves."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"method: lora\nmodel: {tiny_llama_dir}\ndata: {dialog_file}\nsplit: null\nmax_steps: 2\nbatch_size: 1\nlearning_rate: 0.01\nchat_template: 'off'\n")
+    out = tmp_path / "ddp"
+    launcher = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "tunelab", "train", str(recipe), "--output-dir", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # logged once, by the main process
+    assert done.stdout.count("lora: 2 steps") == 1  # one summary: only the main process saves
