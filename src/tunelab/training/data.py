@@ -71,17 +71,27 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
     return batches
 
 
-def collate(rows: Sequence[dict[str, list[int]]], pad_id: int, is_encoder_decoder: bool) -> dict[str, Any]:
-    """Right-pad a batch; padded label positions are IGNORE_INDEX."""
+def collate(rows: Sequence[dict[str, list[int]]], pad_id: int, is_encoder_decoder: bool, left_pad: bool = False) -> dict[str, Any]:
+    """Pad a batch; padded label positions are IGNORE_INDEX.
+
+    ``left_pad`` (decoder-only): completions end together at the right edge, so the
+    output layer runs on the last few positions only (see losses.positions_to_keep);
+    position ids then count real tokens, as in generation.
+    """
     import torch
 
     width = max(len(r["input_ids"]) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
-    label_width = max(len(r["labels"]) for r in rows)
+    label_width = width if not is_encoder_decoder else max(len(r["labels"]) for r in rows)
     labels = torch.full((len(rows), label_width), IGNORE_INDEX, dtype=torch.long)
     for i, row in enumerate(rows):
-        input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
-        attention[i, : len(row["input_ids"])] = 1
-        labels[i, : len(row["labels"])] = torch.tensor(row["labels"])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        n, m = len(row["input_ids"]), len(row["labels"])
+        cols = slice(width - n, width) if left_pad else slice(0, n)
+        input_ids[i, cols] = torch.tensor(row["input_ids"])
+        attention[i, cols] = 1
+        labels[i, slice(label_width - m, label_width) if left_pad else slice(0, m)] = torch.tensor(row["labels"])
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if left_pad:
+        batch["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return batch

@@ -29,6 +29,7 @@ from tunelab.errors import TunelabError
 from tunelab.prompting import PromptBuilder, PromptTemplate
 from tunelab.training.config import TrainConfig, to_dict
 from tunelab.training.data import collate, length_grouped_batches, row_length, tokenize_examples
+from tunelab.training.losses import completion_loss, positions_to_keep
 from tunelab.training.methods import METHODS
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -102,6 +103,10 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
             if hasattr(self.model, "enable_input_require_grads"):
                 self.model.enable_input_require_grads()
+        # Decoder-only models (but peft soft prompts, which add tokens inside forward)
+        # train on left-padded batches with logits for the completion only.
+        prompt_learning = bool(getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False))
+        self.completion_logits_only = not loaded.is_encoder_decoder and not prompt_learning
         self.builder = _prompt_builder(config, loaded)
         self.rows = self._tokenize(config.data, config.split, config.limit)
         self.eval_rows = self._tokenize(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
@@ -127,8 +132,16 @@ class Trainer:
 
     def _batch(self, indices: list[int], rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        batch = collate([rows[i] for i in indices], pad, self.loaded.is_encoder_decoder)
+        batch = collate([rows[i] for i in indices], pad, self.loaded.is_encoder_decoder, left_pad=self.completion_logits_only)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        if not self.completion_logits_only:
+            return self.model(**batch).loss
+        keep = positions_to_keep(batch["labels"])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs, logits_to_keep=keep).logits
+        return completion_loss(logits, batch["labels"][:, -keep:])
 
     # -- schedule -----------------------------------------------------------------------
     def total_steps(self) -> int:
@@ -211,7 +224,7 @@ class Trainer:
         for start in range(0, len(self.eval_rows), self.config.batch_size):
             batch = self._batch(list(range(start, min(start + self.config.batch_size, len(self.eval_rows)))), self.eval_rows)
             tokens = int((batch["labels"] != -100).sum())
-            losses.append(float(self.model(**batch).loss) * tokens)
+            losses.append(self.loss(batch).item() * tokens)
             weights.append(tokens)
         result = {"eval_loss": sum(losses) / max(sum(weights), 1)}
         if self.config.eval_rouge_limit:
@@ -263,7 +276,7 @@ class Trainer:
             for index in range(state["batch"], len(batches)):
                 batch = self._batch(batches[index], self.rows)
                 with self.accelerator.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    loss = self.loss(batch)
                     if not torch.isfinite(loss):
                         self._stop_on_bad_loss(loss, state)
                     self.accelerator.backward(loss)
