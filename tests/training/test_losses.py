@@ -42,3 +42,18 @@ def test_left_padded_completion_logits_equal_the_full_model_loss(tiny_llama_dir)
                        position_ids=batch["position_ids"], logits_to_keep=keep).logits
         assert logits.shape[1] == keep
         assert completion_loss(logits, batch["labels"][:, -keep:]) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_long_inputs_lose_their_end_never_the_instruction(tiny_llama_dir):
+    from tunelab.data import Example
+    from tunelab.models import load_model
+    from tunelab.prompting import PromptBuilder
+    from tunelab.training.data import tokenize_examples
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    builder = PromptBuilder(loaded.tokenizer, use_chat_template=False)
+    long = Example("x", "#Person1#: Hello, how are you? " * 40, ("They greet each other.",))
+    rows, shortened = tokenize_examples([long], builder, loaded.tokenizer, is_encoder_decoder=False, max_length=64)
+    assert shortened == 1 and len(rows[0]["input_ids"]) <= 64
+    text = loaded.tokenizer.decode(rows[0]["input_ids"])
+    assert text.startswith("Summarize the following conversation.") and "Summary: They greet each other." in text

@@ -19,6 +19,22 @@ from tunelab.prompting import PromptBuilder
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
 
 
+def _fit_prompt(example: Example, builder: PromptBuilder, tokenizer: Any, room: int) -> list[int] | None:
+    """Prompt token ids within ``room`` tokens, shortening the *input text* (its end) when
+    needed so the instruction and chat template stay whole; None if nothing fits."""
+    text = example.input
+    for _ in range(8):
+        ids = tokenizer(builder.render(Example(example.id, text, example.references), []),
+                        add_special_tokens=builder.adds_special_tokens)["input_ids"]
+        if len(ids) <= room:
+            return ids
+        keep = int(len(text) * max(room - (len(ids) - room) * 0.1, 1) / len(ids) * 0.95)
+        if keep < 1:
+            return None
+        text = text[:keep]
+    return None
+
+
 def tokenize_examples(
     examples: Sequence[Example],
     builder: PromptBuilder,
@@ -27,27 +43,30 @@ def tokenize_examples(
     is_encoder_decoder: bool,
     max_length: int,
 ) -> tuple[list[dict[str, list[int]]], int]:
-    """Tokenize (prompt, first reference) pairs; returns the rows and how many had their
-    prompt cut from the left to fit ``max_length`` (the completion is never cut unless it
-    alone is longer)."""
+    """Tokenize (prompt, first reference) pairs; returns the rows and how many inputs were
+    shortened to fit ``max_length``. The input text loses its end, never the instruction
+    or the chat template around it; the target is cut only if it alone is too long."""
     rows, truncated = [], 0
     eos = tokenizer.eos_token_id
     for example in examples:
         if not example.references:
             raise DataError(f"example '{example.id}' has no reference: training needs a target text")
-        prompt = builder.render(example, [])
-        prompt_ids = tokenizer(prompt, add_special_tokens=builder.adds_special_tokens)["input_ids"]
-        target_ids = tokenizer(example.references[0], add_special_tokens=False)["input_ids"] + [eos]
-        if is_encoder_decoder:
-            if len(prompt_ids) > max_length:
-                prompt_ids, truncated = prompt_ids[-max_length:], truncated + 1
-            rows.append({"input_ids": prompt_ids, "labels": target_ids[:max_length]})
-            continue
-        target_ids = target_ids[:max_length]
-        room = max_length - len(target_ids)
+        # A plain decoder-only prompt ends with "Summary:"; the answer follows after a
+        # space, as in the few-shot blocks. Chat turns and T5 targets start fresh.
+        joiner = " " if not (builder.use_chat_template or is_encoder_decoder) else ""
+        target_ids = tokenizer(joiner + example.references[0], add_special_tokens=False)["input_ids"] + [eos]
+        target_ids = target_ids[: max_length // 2]
+        room = max_length if is_encoder_decoder else max_length - len(target_ids)
+        prompt_ids = tokenizer(builder.render(example, []), add_special_tokens=builder.adds_special_tokens)["input_ids"]
         if len(prompt_ids) > room:
-            prompt_ids, truncated = prompt_ids[len(prompt_ids) - room :], truncated + 1
-        rows.append({"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids})
+            prompt_ids = _fit_prompt(example, builder, tokenizer, room)
+            if prompt_ids is None:
+                raise DataError(f"example '{example.id}': the prompt template alone exceeds max_length={max_length}")
+            truncated += 1
+        if is_encoder_decoder:
+            rows.append({"input_ids": prompt_ids, "labels": target_ids})
+        else:
+            rows.append({"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids})
     return rows, truncated
 
 

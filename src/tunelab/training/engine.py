@@ -120,7 +120,7 @@ class Trainer:
             is_encoder_decoder=self.loaded.is_encoder_decoder, max_length=self.config.max_length,
         )
         if truncated:
-            print(f"tunelab train: {truncated} of {len(rows)} prompts from {data} cut to max_length={self.config.max_length}", file=sys.stderr)
+            print(f"tunelab train: {truncated} of {len(rows)} inputs from {data} shortened (their end) to fit max_length={self.config.max_length}", file=sys.stderr)
         return rows
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
