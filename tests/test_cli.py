@@ -83,9 +83,10 @@ def test_demo_on_the_default_model(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("TUNELAB_CACHE", _USER_CACHE)
     else:
         monkeypatch.delenv("TUNELAB_CACHE", raising=False)
-    assert main(["demo", "--limit", "3", "--shots", "0,1", "--out-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--limit", "3", "--shots", "0,1", "--out-dir", str(tmp_path), "--train-steps", "2"]) == 0
     table = capsys.readouterr().out
     assert "| human-baseline | 3 |" in table and "| 0-shot | 3 |" in table and "| 1-shot | 3 |" in table
+    assert "| lora-2-steps | 3 |" in table and (tmp_path / "lora" / "final" / "adapter_model.safetensors").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 < metrics["0-shot"]["rouge1"] < 1 and metrics["1-shot"]["n"] == 3
     assert os.path.exists(tmp_path / "1-shot.jsonl")

@@ -73,7 +73,7 @@ def _eval_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     from tunelab.jobs import DemoJob
 
-    p = sub.add_parser("demo", help="zero-, one- and few-shot DialogSum summaries with the default model, scored")
+    p = sub.add_parser("demo", help="zero-, one- and few-shot DialogSum summaries and a short LoRA fine-tune of the default model, scored")
     _add_dataclass_options(p, DemoJob, skip=("shots",))
     p.add_argument("--shots", default="0,1,3", help="Comma-separated shot counts to compare (default: 0,1,3).")
 
@@ -100,6 +100,28 @@ def _merge_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output model folder")
 
 
+def _benchmark_parser(sub) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="classification benchmarks (SST-2, BoolQ, RTE, CB, COPA) by answer log-likelihood",
+        description="Score a model on classification tasks: the answer is the option with the highest "
+        "log-likelihood after the context. Compare runs with `tunelab forgetting`.",
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder, .gguf file or hub id")
+    p.add_argument("--adapter", help="trained adapter folder to apply")
+    p.add_argument("--tasks", default="sst2,boolq,rte,cb,copa", help="comma-separated tasks (default: all five)")
+    p.add_argument("--limit", type=int, default=200, help="rows per task (default 200; 0 = all)")
+    p.add_argument("--shots", type=int, default=0, help="solved training examples before each question (default 0)")
+    p.add_argument("--out", type=Path, help="write accuracies as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _forgetting_parser(sub) -> None:
+    p = sub.add_parser("forgetting", help="compare benchmark results before and after fine-tuning")
+    p.add_argument("scores", nargs="+", type=Path, help="`tunelab benchmark --out` files; the first is the reference")
+    p.add_argument("--out", type=Path, help="also write the Markdown table here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -112,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _train_parser(sub)
     _merge_parser(sub)
+    _benchmark_parser(sub)
+    _forgetting_parser(sub)
     return parser
 
 
@@ -193,7 +217,44 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge}
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import json
+
+    from tunelab.evaluation.benchmarks import run_benchmarks
+    from tunelab.models import load_model
+
+    loaded = load_model(args.model)
+    if args.adapter:
+        from tunelab.training.methods import load_artifact
+
+        loaded.model = load_artifact(loaded.model, args.adapter)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    results = run_benchmarks(loaded.model, loaded.tokenizer, tasks, limit=args.limit or None, shots=args.shots, progress=not args.no_progress)
+    print("| task | accuracy | n |\n|---|---:|---:|")
+    for task, result in results.items():
+        print(f"| {task} | {100 * result['accuracy']:.1f} | {result['n']} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_forgetting(args: argparse.Namespace) -> int:
+    from tunelab.evaluation.benchmarks import forgetting_table, read_scores
+    from tunelab.evaluation.report import labels_for
+
+    runs = {label: read_scores(path) for label, path in zip(labels_for(args.scores), args.scores)}
+    table = forgetting_table(runs)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+    return 0
+
+
+COMMANDS = {
+    "prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge,
+    "benchmark": cmd_benchmark, "forgetting": cmd_forgetting,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

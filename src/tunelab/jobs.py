@@ -162,12 +162,31 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> None:
 class DemoJob:
     """`tunelab demo`: zero-, one- and few-shot DialogSum summaries with the default model."""
 
-    limit: int = field(default=60, metadata={"help": "DialogSum test dialogues to summarize."})
+    limit: int = field(default=40, metadata={"help": "DialogSum test dialogues to summarize."})
     shots: tuple[int, ...] = field(default=(0, 1, 3), metadata={"help": "Shot counts to compare."})
     out_dir: Path = field(default=Path("runs/demo"), metadata={"help": "Where predictions and metrics go."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to prompt."})
     max_new_tokens: int = field(default=60, metadata={"help": "Summary length cap (the course's protocol: 60)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per batch."})
+    train_steps: int = field(default=20, metadata={"help": "Steps of the short LoRA fine-tune (0 = skip it)."})
+    recipe: Path = field(default=Path("recipes/dialogsum-lora.yaml"), metadata={"help": "Recipe of the short fine-tune."})
+
+
+def _demo_lora(job: DemoJob, settings: GenerationSettings) -> Path:
+    """A short LoRA fine-tune on DialogSum dev, then the same test dialogues, zero-shot."""
+    from tunelab.training.config import load_recipe
+    from tunelab.training.engine import train
+
+    lora_dir = job.out_dir / "lora"
+    config = load_recipe(job.recipe, [f"max_steps={job.train_steps}", f"output_dir={lora_dir}", "eval_data=null",
+                                      f"model={job.model}", "save_steps=0"])
+    print(f"tunelab demo: LoRA fine-tune, {job.train_steps} steps of {config.batch_size} DialogSum dev dialogues", file=sys.stderr)
+    result = train(config)
+    prompt_job = PromptJob(data="dialogsum", split="test", limit=job.limit, model=job.model,
+                           adapter=str(result.artifact), generation=settings)
+    path = job.out_dir / f"lora-{job.train_steps}-steps.jsonl"
+    write_jsonl(run_prompt(prompt_job, desc="LoRA"), path)
+    return path
 
 
 def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
@@ -188,6 +207,8 @@ def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
         path = job.out_dir / f"{k}-shot.jsonl"
         write_jsonl(rows, path)
         files.append(path)
+    if job.train_steps:
+        files.append(_demo_lora(job, settings))
     results = score_files(files)
     table = markdown_table(results)
     write_json(results, job.out_dir / "metrics.json")

@@ -162,3 +162,29 @@ def test_two_process_cpu_run_under_accelerate_launch(tiny_llama_dir, dialog_file
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # logged once, by the main process
     assert done.stdout.count("lora: 2 steps") == 1  # one summary: only the main process saves
+
+
+def test_multitask_mixture(tiny_llama_dir, tmp_path):
+    from tunelab.training.mixture import load_mixture, parse_entries
+
+    entries = parse_entries([
+        {"data": "sst2", "split": "train", "template": "Review: {sentence}\nPositive or negative?", "target": "{label}",
+         "labels": {0: "negative", 1: "positive"}, "limit": 10, "weight": 2.0},
+        {"data": "boolq", "split": "val", "skip": 1000, "limit": 10, "weight": 0.5,
+         "template": "{passage}\nQuestion: {question}?", "target": "{label}", "labels": {True: "yes", False: "no"}},
+    ])
+    examples = load_mixture(entries, seed=0)
+    assert len(examples) == 2 * 10 + 5
+    assert {e.references[0] for e in examples} <= {"negative", "positive", "yes", "no"}
+    assert sum(e.input.startswith("Review: ") for e in examples) == 20
+    with pytest.raises(DataError, match=r"unknown keys \['wieght'\]"):
+        parse_entries([{"data": "sst2", "template": "{sentence}", "target": "{label}", "wieght": 1}])
+    with pytest.raises(DataError, match="template field 'text' not in the row's fields"):
+        load_mixture(parse_entries([{"data": "sst2", "template": "{text}", "target": "{label}", "limit": 2}]), 0)
+    config = make_config(tiny_llama_dir, tmp_path / "unused.jsonl", tmp_path, "lora", max_steps=2)
+    config.mixture = [{"data": "sst2", "split": "train", "template": "Review: {sentence}", "target": "{label}",
+                       "labels": {0: "negative", 1: "positive"}, "limit": 6}]
+    config.max_length = 128
+    trainer = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+    assert len(trainer.rows) == 6
+    trainer.train()

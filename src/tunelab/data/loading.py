@@ -31,7 +31,7 @@ class Example:
 class BuiltinDataset:
     """A dataset shipped inside the package, with its attribution beside the files."""
 
-    splits: dict[str, str]  # split name -> file name inside data/builtin/<name>/
+    splits: dict[str, str]  # split name -> file path inside data/builtin/
     default_split: str
     pool_split: str  # where few-shot examples come from by default
     description: str
@@ -39,12 +39,24 @@ class BuiltinDataset:
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "dialogsum": BuiltinDataset(
-        splits={"dev": "dev.jsonl", "test": "test.jsonl"},
+        splits={"dev": "dialogsum/dev.jsonl", "test": "dialogsum/test.jsonl"},
         default_split="test",
         pool_split="dev",
         description="DialogSum dialogue summarization (Chen et al., 2021; CC BY-NC-SA 4.0): "
         "dev 500 rows with one summary, test 400 rows with three",
     ),
+    "sst2": BuiltinDataset(
+        splits={"train": "sst2/train.tsv", "test": "sst2/test.tsv"}, default_split="test", pool_split="train",
+        description="SST-2 sentiment (sentence, label 0/1): train 6,735 rows (a GLUE train slice), test 872 (GLUE dev)",
+    ),
+    **{
+        name: BuiltinDataset(
+            splits={"train": f"superglue/{name}.train.jsonl", "val": f"superglue/{name}.val.jsonl"},
+            default_split="val", pool_split="train",
+            description=f"SuperGLUE {name.upper()}: train 32 rows (FewGLUE), val = the SuperGLUE validation split",
+        )
+        for name in ("boolq", "rte", "cb", "copa")
+    },
 }
 
 # Field names tried, in order, when the user gives no mapping. DialogSum's own shape
@@ -58,7 +70,7 @@ def builtin_path(name: str, split: str | None) -> Path:
     split = split or dataset.default_split
     if split not in dataset.splits:
         raise DataError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(dataset.splits)}")
-    return Path(str(resources.files("tunelab.data") / "builtin" / name / dataset.splits[split]))
+    return Path(str(resources.files("tunelab.data") / "builtin" / dataset.splits[split]))
 
 
 def iter_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -36,6 +36,7 @@ class TrainConfig:
     input_field: str | None = field(default=None, metadata={"help": "Input field of a data file (auto-detected)."})
     target_field: str | None = field(default=None, metadata={"help": "Target field of a data file (auto-detected); the first reference is the target."})
     limit: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+    mixture: list[dict] = field(default_factory=list, metadata={"help": "Multitask training: datasets with their own templates and weights (see training/mixture.py); replaces data/split."})
     eval_data: str | None = field(default=None, metadata={"help": "Held-out data for periodic evaluation (default: none)."})
     eval_split: str | None = field(default=None, metadata={"help": "Split of a built-in eval dataset."})
     eval_limit: int = field(default=32, metadata={"help": "Held-out rows used for eval loss."})
@@ -139,6 +140,13 @@ def validate(config: TrainConfig) -> None:
         (0 <= config.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
     ]
     problems = [message for ok, message in checks if not ok]
+    if config.mixture:
+        from tunelab.training.mixture import parse_entries
+
+        try:
+            parse_entries(config.mixture)
+        except TunelabError as exc:
+            problems.append(str(exc))
     if problems:
         raise RecipeError("bad recipe: " + "; ".join(problems))
 

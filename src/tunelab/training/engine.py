@@ -47,8 +47,9 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def _prompt_builder(config: TrainConfig, loaded: Any) -> PromptBuilder:
-    template = PromptTemplate() if config.instruction is None else PromptTemplate(instruction=config.instruction)
+def _prompt_builder(config: TrainConfig, loaded: Any, instruction: str | None = None) -> PromptBuilder:
+    instruction = config.instruction if instruction is None else instruction
+    template = PromptTemplate() if instruction is None else PromptTemplate(instruction=instruction, output_label="Answer:")
     return PromptBuilder(
         loaded.tokenizer,
         template,
@@ -108,7 +109,10 @@ class Trainer:
         prompt_learning = bool(getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False))
         self.completion_logits_only = not loaded.is_encoder_decoder and not prompt_learning
         self.builder = _prompt_builder(config, loaded)
-        self.rows = self._tokenize(config.data, config.split, config.limit)
+        if config.mixture:
+            self.rows = self._tokenize_mixture()
+        else:
+            self.rows = self._tokenize(config.data, config.split, config.limit)
         self.eval_rows = self._tokenize(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
         self.model.train()
 
@@ -121,6 +125,16 @@ class Trainer:
         )
         if truncated:
             print(f"tunelab train: {truncated} of {len(rows)} inputs from {data} shortened (their end) to fit max_length={self.config.max_length}", file=sys.stderr)
+        return rows
+
+    def _tokenize_mixture(self) -> list[dict[str, list[int]]]:
+        from tunelab.training.mixture import load_mixture, parse_entries
+
+        examples = load_mixture(parse_entries(self.config.mixture), self.config.seed)
+        # each entry's template already holds its instruction
+        builder = _prompt_builder(self.config, self.loaded, instruction="")
+        rows, _ = tokenize_examples(examples, builder, self.tokenizer,
+                                    is_encoder_decoder=self.loaded.is_encoder_decoder, max_length=self.config.max_length)
         return rows
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
