@@ -15,6 +15,9 @@ else
     # The CPU build: a local wheel where one is offered (pip's find-links), else the
     # PyTorch CPU index. Override with TORCH_CPU_INDEX for a mirror.
     echo "No NVIDIA GPU: installing torch==$version+cpu"
-    "$py" -m pip install -q "torch==$version+cpu" \
+    # torch alone from the CPU index, then its dependencies from the usual index (asking
+    # the CPU index for each of them is slow, and where it is unreachable, retried).
+    "$py" -m pip install -q --no-deps "torch==$version+cpu" \
         --extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+    "$py" -m pip install -q "torch==$version"  # satisfied by +cpu: installs only its dependencies
 fi

@@ -48,6 +48,9 @@ def prepare(model: Any, settings: LoraSettings, tokenizer: Any) -> Any:
 
         if not torch.cuda.is_available():
             raise MethodError("QLoRA (lora.quantize_4bit) needs a CUDA GPU and bitsandbytes; on CPU use plain LoRA")
+        if not getattr(model, "is_loaded_in_4bit", False):
+            # Never train plain LoRA while the user believes the base is 4-bit.
+            raise MethodError("QLoRA: tunelab does not load 4-bit bases yet; set lora.quantize_4bit=false")
     names = targets(model, settings)
     check_targets(model, names)
     config = LoraConfig(
