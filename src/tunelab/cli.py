@@ -200,12 +200,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tunelab.models import load_model
-    from tunelab.training.methods import load_artifact
+    from tunelab.jobs import load_for_inference
     from tunelab.training.methods.lora import merge
 
-    loaded = load_model(args.model, device="cpu")
-    model = load_artifact(loaded.model, args.adapter)
+    loaded = load_for_inference(args.model, str(args.adapter), device="cpu")
+    model = loaded.model
     if not hasattr(model, "merge_and_unload"):
         from tunelab.errors import TunelabError
 
@@ -221,13 +220,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
     from tunelab.evaluation.benchmarks import run_benchmarks
-    from tunelab.models import load_model
+    from tunelab.jobs import load_for_inference
 
-    loaded = load_model(args.model)
-    if args.adapter:
-        from tunelab.training.methods import load_artifact
-
-        loaded.model = load_artifact(loaded.model, args.adapter)
+    loaded = load_for_inference(args.model, args.adapter)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     results = run_benchmarks(loaded.model, loaded.tokenizer, tasks, limit=args.limit or None, shots=args.shots, progress=not args.no_progress)
     print("| task | accuracy | n |\n|---|---:|---:|")

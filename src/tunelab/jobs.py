@@ -82,10 +82,21 @@ def build_prompts(job: PromptJob, loaded: Any, examples: list[Example]) -> tuple
     return builder, builder.build_all(examples, selector)
 
 
+def load_for_inference(model: str, adapter: str | None = None, **options: Any) -> Any:
+    """A model, with a trained adapter applied when one is given (any method's artifact)."""
+    from tunelab.models import load_model
+
+    loaded = load_model(model, **options)
+    if adapter:
+        from tunelab.training.methods import load_artifact
+
+        loaded.model = load_artifact(loaded.model, adapter)
+    return loaded
+
+
 def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, desc: str = "generating") -> list[dict]:
     """Prompt the model on every example; one output row per example."""
     from tunelab.generation import generate
-    from tunelab.models import load_model
 
     job.generation.validate()  # before minutes of loading, not after
     examples = load_examples(
@@ -98,11 +109,8 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
             file=sys.stderr,
         )
     if loaded is None:
-        loaded = load_model(job.model, dtype=job.dtype, device=job.device, trust_remote_code=job.trust_remote_code)
-        if job.adapter:
-            from tunelab.training.methods import load_artifact
-
-            loaded.model = load_artifact(loaded.model, job.adapter)
+        loaded = load_for_inference(job.model, job.adapter, dtype=job.dtype, device=job.device,
+                                    trust_remote_code=job.trust_remote_code)
     builder, prompts = build_prompts(job, loaded, examples)
     outputs = generate(
         loaded.model,
