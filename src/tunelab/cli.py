@@ -81,8 +81,9 @@ def _demo_parser(sub) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="fine-tune with a recipe: full, selective/BitFit, LoRA, prompt/prefix tuning, IA3, adapters",
-        description="Run a training recipe (YAML). Any recipe field can be overridden as key=value, "
+        help="train with a recipe: fine-tuning (full, BitFit, LoRA, soft prompts, IA3, adapters), reward models, PPO, DPO",
+        description="Run a training recipe (YAML); its `stage` (sft, reward, classifier, ppo, dpo) picks the trainer. "
+        "Any recipe field can be overridden as key=value, "
         "e.g. `tunelab train recipes/dialogsum-lora.yaml lora.r=16 max_steps=20`. "
         "Several GPUs/nodes: `accelerate launch -m tunelab train ...`.",
     )
@@ -122,6 +123,24 @@ def _forgetting_parser(sub) -> None:
     p.add_argument("--out", type=Path, help="also write the Markdown table here")
 
 
+def _reward_parser(sub) -> None:
+    p = sub.add_parser("reward", help="score texts with a reward model or classifier; pair accuracy on preference data")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    score = actions.add_parser("score", help="print one reward per text")
+    score.add_argument("--model", required=True, help="reward model or classifier folder (tunelab train output)")
+    score.add_argument("--texts", required=True, type=Path,
+                       help="a .txt file (one text per line) or JSONL/CSV rows with 'text' (or 'response') and optional 'prompt'")
+    score.add_argument("--output", choices=["logit", "probability"], default="logit", help="for a classifier: the class's logit or probability")
+    score.add_argument("--label", help="for a classifier: the class to score (default: the one it rewards)")
+    score.add_argument("--out", type=Path, help="also write rows with their reward as JSONL")
+    evaluate = actions.add_parser("eval", help="pair accuracy and mean margin on preference pairs")
+    evaluate.add_argument("--model", required=True, help="reward model folder (tunelab train output)")
+    evaluate.add_argument("--data", required=True, help="pairs JSONL (pairs, rankings or hh-rlhf transcripts) or 'hh-rlhf'")
+    evaluate.add_argument("--split", help="split of a built-in dataset (hh-rlhf: train or test)")
+    evaluate.add_argument("--limit", type=int, help="first N pairs only")
+    evaluate.add_argument("--out", type=Path, help="write the metrics as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -136,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _merge_parser(sub)
     _benchmark_parser(sub)
     _forgetting_parser(sub)
+    _reward_parser(sub)
     return parser
 
 
@@ -191,12 +211,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, progress=not args.no_progress)
     summary = result.summary
     if summary:
+        stage = "" if config.stage == "sft" else f"{config.stage} "
         print(
-            f"{config.method}: {summary['steps']} steps in {summary['train_seconds']} s, "
+            f"{stage}{config.method}: {summary['steps']} steps in {summary['train_seconds']} s, "
             f"trainable {summary['trainable_params']:,} ({summary['trainable_percent']:.3f}%), "
             f"peak memory {summary['peak_memory_mb']:.0f} MB, artifact {summary['artifact_mb']:.2f} MB -> {result.artifact}"
         )
+        held_out = {k: v for k, v in summary.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if held_out:
+            print("held-out: " + ", ".join(f"{k[5:]} {v:.4g}" for k, v in held_out.items()))
+        if "eval" in summary:
+            print(_before_after_table(summary["eval"]))
     return 0
+
+
+def _before_after_table(comparison: dict) -> str:
+    """PPO's held-out comparison of the policy before and after training."""
+    keys = [k for k in ("reward_mean", "reward_std", "toxicity_mean", "toxicity_std", "rouge1", "rouge2", "rougeL")
+            if k in comparison["before"]]
+    lines = ["| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name in ("before", "after"):
+        lines.append(f"| {name} | " + " | ".join(f"{comparison[name][k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -246,9 +282,34 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward(args: argparse.Namespace) -> int:
+    import json
+
+    from tunelab.alignment.reward import ModelScorer, evaluate_pairs, read_texts
+
+    if args.action == "eval":
+        metrics = evaluate_pairs(ModelScorer(args.model), args.data, args.split, args.limit)
+        print(f"pairs {metrics['pairs']}  accuracy {metrics['accuracy']:.4f}  mean margin {metrics['margin']:.4f}  loss {metrics['loss']:.4f}")
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+        return 0
+    rows = read_texts(args.texts)
+    scorer = ModelScorer(args.model, output=args.output, label=args.label)
+    rewards = scorer([r["prompt"] for r in rows], [r["text"] for r in rows]).tolist()
+    for row, reward in zip(rows, rewards):
+        print(f"{reward:.4f}\t{row['text'][:100]!r}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as handle:
+            for row, reward in zip(rows, rewards):
+                handle.write(json.dumps({**row, "reward": reward}, ensure_ascii=False) + "\n")
+    return 0
+
+
 COMMANDS = {
     "prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge,
-    "benchmark": cmd_benchmark, "forgetting": cmd_forgetting,
+    "benchmark": cmd_benchmark, "forgetting": cmd_forgetting, "reward": cmd_reward,
 }
 
 

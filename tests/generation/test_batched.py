@@ -180,3 +180,30 @@ def test_sliding_window_models_are_refused_past_the_window(tiny_llama_dir):
         generate(loaded.model, loaded.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=10), progress=False)
     loaded.model.config.sliding_window = 4096  # inside the window: fine
     assert generate(loaded.model, loaded.tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=2), progress=False)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_soft_prompt_models_decode_like_their_training_forward(kind, tiny_model):
+    """peft prompt/prefix tuning: batched decoding gives the tokens a cache-free greedy
+    loop through peft's own forward (the computation training does) gives."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    task = "SEQ_2_SEQ_LM" if tiny_model.is_encoder_decoder else "CAUSAL_LM"
+    config = (PromptTuningConfig if kind == "prompt" else PrefixTuningConfig)(task_type=task, num_virtual_tokens=5)
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model.model, config).eval()
+    tokenizer = tiny_model.tokenizer
+    batched = [g.token_ids for g in generate(model, tokenizer, PROMPTS[:3], GenerationSettings(max_new_tokens=8, batch_size=3), progress=False)]
+    for prompt, got in zip(PROMPTS[:3], batched):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        decoded = torch.tensor([[model.config.decoder_start_token_id]]) if tiny_model.is_encoder_decoder else ids
+        with torch.no_grad():
+            for _ in range(8):
+                if tiny_model.is_encoder_decoder:
+                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=decoded).logits
+                else:
+                    logits = model(input_ids=decoded, attention_mask=torch.ones_like(decoded)).logits
+                decoded = torch.cat([decoded, logits[:, -1:].argmax(-1)], dim=1)
+        new = decoded[0, 1:].tolist() if tiny_model.is_encoder_decoder else decoded[0, ids.shape[1]:].tolist()
+        eos = tokenizer.eos_token_id
+        assert got == (new[: new.index(eos)] if eos in new else new)

@@ -7,7 +7,7 @@ import torch
 
 from tests.training.test_methods import make_config
 from tunelab.data import load_examples
-from tunelab.errors import DataError
+from tunelab.errors import DataError, ModelError
 from tunelab.models import load_model
 from tunelab.training.config import RecipeError, load_recipe
 from tunelab.training.engine import Trainer, TrainingError
@@ -72,8 +72,11 @@ def test_bad_input(tiny_llama_dir, tiny_t5_dir, dialog_file, tmp_path):
     config = make_config(tiny_t5_dir, dialog_file, tmp_path, "lora")
     config.lora.quantize_4bit = True
     if not torch.cuda.is_available():
-        with pytest.raises(MethodError, match="QLoRA .* needs a CUDA GPU"):
+        with pytest.raises(MethodError, match="QLoRA .* needs the base loaded in 4-bit: a CUDA GPU"):
             Trainer(config, load_model(str(tiny_t5_dir), device="cpu"), progress=False)
+        # the trainer loads the base itself: the loader says what is missing
+        with pytest.raises(ModelError, match="4-bit loading \\(QLoRA\\) needs a CUDA GPU .* on CPU use plain LoRA"):
+            Trainer(config, progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(DataError, match="no rows"):

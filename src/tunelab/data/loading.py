@@ -57,6 +57,14 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         )
         for name in ("boolq", "rte", "cb", "copa")
     },
+    "hh-rlhf": BuiltinDataset(
+        splits={"train": "hh_rlhf/train.jsonl.gz", "test": "hh_rlhf/test.jsonl.gz"}, default_split="test", pool_split="train",
+        description="Anthropic hh-rlhf harmless-base preference pairs (chosen, rejected transcripts; MIT): train 1,594, test 318",
+    ),
+    "davidson": BuiltinDataset(
+        splits={"train": "davidson/train.csv", "test": "davidson/test.csv"}, default_split="test", pool_split="train",
+        description="Davidson et al. tweets, class 0 hate / 1 offensive / 2 neither (MIT): train 20,505, test 2,278",
+    ),
 }
 
 # Field names tried, in order, when the user gives no mapping. DialogSum's own shape

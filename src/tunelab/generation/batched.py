@@ -42,6 +42,7 @@ class Generation:
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
+    eos_token_id: int | None = None  # the end-of-sequence token that ended it (not in token_ids)
 
 
 def generate(
@@ -89,7 +90,7 @@ def generate_from_ids(
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     decoder_class = _Seq2SeqDecoder if model.config.is_encoder_decoder else _CausalDecoder
     if _is_prompt_learning(model):
-        decoder_class = _PeftGenerateDecoder
+        decoder_class = _Seq2SeqPeftDecoder if model.config.is_encoder_decoder else _VirtualPrefixDecoder
     eos_ids = eos_token_ids(model, tokenizer)
     processors = _logits_processors(settings)
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
@@ -102,8 +103,8 @@ def generate_from_ids(
                 model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens
             )
             outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator)
-            for row, (tokens, reason) in zip(rows, outputs):
-                results[row] = Generation(_to_text(tokenizer, tokens, settings.stop), tokens, reason)
+            for row, (tokens, reason, eos) in zip(rows, outputs):
+                results[row] = Generation(_to_text(tokenizer, tokens, settings.stop), tokens, reason, eos)
                 new_tokens += len(tokens)
             bar.update(len(rows))
             bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - started):.1f}")
@@ -112,8 +113,7 @@ def generate_from_ids(
 
 def _is_prompt_learning(model: Any) -> bool:
     """peft soft prompts (prompt and prefix tuning) add virtual tokens inside peft's own
-    forward and generate; our cache layout can't see them, so those models decode with
-    peft's generate (sorted batches still)."""
+    forward: such models decode through _VirtualPrefixDecoder or _Seq2SeqPeftDecoder."""
     config = getattr(model, "active_peft_config", None)
     return bool(getattr(config, "is_prompt_learning", False))
 
@@ -155,13 +155,12 @@ def _logits_processors(settings: GenerationSettings):
     return processors
 
 
-def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> list[tuple[list[int], str]]:
+def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> list[tuple[list[int], str, int | None]]:
     """The decoding loop shared by both architectures; ``decoder`` hides the difference."""
-    if isinstance(decoder, _PeftGenerateDecoder):
-        return decoder.run(settings, eos_ids, tokenizer, generator)
     size = decoder.size
     tokens: list[list[int]] = [[] for _ in range(size)]
     reasons = ["length"] * size
+    ended_by: list[int | None] = [None] * size
     active = list(range(size))  # batch row -> original row in this batch
     logits = decoder.start()
     for step in range(settings.max_new_tokens):
@@ -175,7 +174,7 @@ def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> lis
         for j, token in enumerate(chosen.tolist()):
             row = active[j]
             if token in eos_ids:
-                reasons[row] = "stop"
+                reasons[row], ended_by[row] = "stop", token
                 continue
             tokens[row].append(token)
             if settings.stop and _hit_stop(tokenizer, tokens[row], settings.stop):
@@ -191,7 +190,7 @@ def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> lis
             chosen = chosen.index_select(0, index)
             active = [active[j] for j in keep]
         logits = decoder.step(chosen)
-    return list(zip(tokens, reasons))
+    return list(zip(tokens, reasons, ended_by))
 
 
 def _hit_stop(tokenizer: Any, tokens: list[int], stop: Sequence[str]) -> bool:
@@ -275,11 +274,14 @@ class _CausalDecoder:
     computed, and the chunks' caches are copied into one preallocated batch cache.
     """
 
-    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int) -> None:
+    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int,
+                 shared: int | None = None) -> None:
         self.model = model
         self.size = len(prompts)
-        shared = _shared_prefix_length(prompts)
-        self.shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        if shared is None:
+            shared = _shared_prefix_length(prompts)
+            shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        self.shared = shared
         self.own_lengths = [len(p) - self.shared for p in prompts]
         width = self.shared + max(self.own_lengths)
         self.capacity = width + max_new_tokens
@@ -417,38 +419,65 @@ class _Seq2SeqDecoder:
         return self.sequences
 
 
-class _PeftGenerateDecoder:
-    """Fallback for peft soft-prompt models: peft's generate on a left-padded batch."""
+class _VirtualPrefixDecoder(_CausalDecoder):
+    """peft prompt tuning, p-tuning and prefix tuning on decoder-only models. The virtual
+    tokens are a prefix every row shares: as embeddings (prompt tuning) prefilled once
+    through the base model, or as ready keys and values (prefix tuning) put straight
+    into the cache. Decoding then runs on the base model with tunelab's cache; peft's
+    own generate loses the prefix after the first step with transformers 5."""
 
     def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int) -> None:
-        self.model, self.prompts, self.pad_id, self.device = model, prompts, pad_id, device
+        self.peft_model = model
+        config = model.active_peft_config
+        self.is_prefix_tuning = str(getattr(config.peft_type, "value", config.peft_type)) == "PREFIX_TUNING"
+        virtual = config.num_virtual_tokens
+        # placeholders for the virtual positions: a token the row has anyway, so the
+        # repetition penalty sees nothing new
+        rows = [[p[0]] * virtual + list(p) for p in prompts]
+        super().__init__(model.get_base_model(), rows, pad_id, device, max_new_tokens, shared=virtual)
 
-    def run(self, settings, eos_ids, tokenizer, generator) -> list[tuple[list[int], str]]:
-        encoder_decoder = self.model.config.is_encoder_decoder
-        width = max(len(p) for p in self.prompts)
-        ids = torch.full((len(self.prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(self.prompts):
-            cols = slice(0, len(prompt)) if encoder_decoder else slice(width - len(prompt), width)
-            ids[row, cols] = torch.tensor(prompt)
-            mask[row, cols] = 1
-        sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p} if settings.do_sample else {"do_sample": False}
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        out = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=settings.max_new_tokens,
-            repetition_penalty=settings.repetition_penalty, eos_token_id=sorted(eos_ids), pad_token_id=self.pad_id, **sampling,
-        )
-        new = out[:, 1:] if encoder_decoder else out[:, width:]
-        results = []
-        for row in new.tolist():
-            tokens, reason = [], "length"
-            for token in row:
-                if token in eos_ids:
-                    reason = "stop"
-                    break
-                tokens.append(token)
-                if settings.stop and _hit_stop(tokenizer, tokens, settings.stop):
-                    reason = "stop"
-                    break
-            results.append((tokens, reason))
-        return results
+    def _prefill_shared(self) -> list[tuple[Any, Any]]:
+        prompt = self.peft_model.get_prompt(batch_size=1)
+        if self.is_prefix_tuning:
+            return [(layer.keys, layer.values) for layer in prompt.layers]
+        cache = DynamicCache()
+        dtype = self.model.get_input_embeddings().weight.dtype
+        self.model(inputs_embeds=prompt.to(dtype), cache=cache, use_cache=True, logits_to_keep=1)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class _Seq2SeqPeftDecoder:
+    """peft soft prompts on encoder-decoder models: the virtual tokens live inside peft's
+    forward (encoder inputs, or every layer's keys for prefix tuning), so each step runs
+    that forward over the whole decoded prefix, without a cache: slower, but exactly the
+    computation training did."""
+
+    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int) -> None:
+        self.model = model
+        self.size = len(prompts)
+        width = max(len(p) for p in prompts)
+        self.ids = torch.full((self.size, width), pad_id, dtype=torch.long, device=device)
+        self.mask = torch.zeros((self.size, width), dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            self.ids[row, : len(prompt)] = torch.tensor(prompt, device=device)
+            self.mask[row, : len(prompt)] = 1
+        start_id = model.config.decoder_start_token_id
+        self.sequences = torch.full((self.size, 1), start_id if start_id is not None else pad_id, dtype=torch.long, device=device)
+
+    def _forward(self):
+        out = self.model(input_ids=self.ids, attention_mask=self.mask, decoder_input_ids=self.sequences)
+        return out.logits[:, -1, :].float()
+
+    def start(self):
+        return self._forward()
+
+    def step(self, tokens):
+        self.sequences = torch.cat([self.sequences, tokens[:, None]], dim=1)
+        return self._forward()
+
+    def select(self, index) -> None:
+        self.ids, self.mask = self.ids.index_select(0, index), self.mask.index_select(0, index)
+        self.sequences = self.sequences.index_select(0, index)
+
+    def history(self):
+        return self.sequences

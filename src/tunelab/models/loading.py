@@ -201,16 +201,21 @@ def _resolve_source(name: str) -> tuple[str, bool]:
 
 
 @contextmanager
-def _quiet_transformers():
+def _quiet_transformers(new_head: bool = False):
     """Hide transformers' per-load progress bars (a 2-second load needs none); ours
-    report the long work."""
+    report the long work. ``new_head``: a classifier head is new by design, so the load
+    report listing its 'missing' weights is noise too."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    if new_head:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
 
@@ -235,32 +240,78 @@ def _check_safetensors(folder: Path) -> None:
     raise ModelError(f"{folder} has a config.json but no *.safetensors weights")
 
 
+def is_classifier_config(config: Any) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+def _set_classifier_labels(config: Any, labels: list[str], tokenizer: Any) -> None:
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    # the head reads the last non-pad token, so the config must know the pad id
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _four_bit_options(device: Any) -> dict[str, Any]:
+    """from_pretrained arguments for an NF4 base with double quantization (Dettmers et al., 2023)."""
+    import torch
+
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            "4-bit loading (QLoRA) needs a CUDA GPU and `pip install bitsandbytes`; "
+            f"this run's device is {device.type}" + ("" if device.type == "cuda" else "; on CPU use plain LoRA")
+        )
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
+    return {"quantization_config": quantization, "device_map": {"": device.index or 0}}
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    quantize_4bit: bool = False,
+    classifier_labels: list[str] | None = None,
 ) -> LoadedModel:
-    """Load ``name`` (default model alias, folder, .gguf file or hub id) for inference."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    """Load ``name`` (default model alias, folder, .gguf file or hub id) for inference.
+
+    ``quantize_4bit`` loads the weights as 4-bit NF4 with bitsandbytes (QLoRA's frozen
+    base); it needs a CUDA GPU and says so otherwise. ``classifier_labels`` loads the model
+    with a new sequence-classification head instead of its language-model head (one
+    label: a scalar reward model); a saved classifier folder loads as one by itself."""
+    from transformers import (
+        AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer,
+    )
 
     source, is_local = _resolve_source(name)
     if is_local:
         _check_safetensors(Path(source))
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    extra = _four_bit_options(torch_device) if quantize_4bit else {}
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(new_head=bool(classifier_labels)):
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
             model_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+            if classifier_labels or is_classifier_config(config):
+                model_class = AutoModelForSequenceClassification
+                if classifier_labels:
+                    _set_classifier_labels(config, classifier_labels, tokenizer)
             model = model_class.from_pretrained(
                 source,
                 config=config,
                 dtype=torch_dtype,
                 use_safetensors=True,
                 trust_remote_code=trust_remote_code,
+                **extra,
             )
     except OSError as exc:
         if is_local:
@@ -273,5 +324,7 @@ def load_model(
         # Batched generation needs a pad id; eos is the usual stand-in and is never
         # attended to because padding is masked.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model.to(torch_device).eval()
+    if not quantize_4bit:  # bitsandbytes placed the 4-bit weights already
+        model.to(torch_device)
+    model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.alignment.dpo import DPOSettings
+from tunelab.alignment.ppo import PPOSettings
+from tunelab.alignment.reward import ClassifierSettings, RewardSettings
 from tunelab.errors import TunelabError
 from tunelab.models.loading import DEFAULT_MODEL
 from tunelab.training.methods.adapter import AdapterSettings
@@ -26,8 +29,12 @@ class RecipeError(TunelabError):
     """A recipe file or override is malformed."""
 
 
+STAGES = ("sft", "reward", "classifier", "ppo", "dpo")
+
+
 @dataclass
 class TrainConfig:
+    stage: str = field(default="sft", metadata={"help": "sft (instruction fine-tuning), reward (pairwise reward model), classifier (e.g. toxicity), ppo or dpo."})
     method: str = field(default="lora", metadata={"help": "full, selective, lora, prompt-tuning, prefix-tuning, ia3 or adapter."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base model: name, folder, .gguf file or hub id."})
     # data
@@ -71,6 +78,11 @@ class TrainConfig:
     prefix_tuning: PrefixTuningSettings = field(default_factory=PrefixTuningSettings)
     ia3: IA3Settings = field(default_factory=IA3Settings)
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    # stage settings
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
 
 
 def _nearest(key: str, options: list[str]) -> str:
@@ -127,8 +139,12 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 def validate(config: TrainConfig) -> None:
     from tunelab.training.methods import METHODS
 
+    if config.stage not in STAGES:
+        raise RecipeError(f"unknown stage '{config.stage}'{_nearest(config.stage, list(STAGES))}; stages: {', '.join(STAGES)}")
     if config.method not in METHODS:
         raise RecipeError(f"unknown method '{config.method}'{_nearest(config.method, list(METHODS))}; methods: {', '.join(METHODS)}")
+    if config.stage != "sft" and config.method in ("prompt-tuning", "prefix-tuning"):
+        raise RecipeError(f"stage '{config.stage}' does not take soft prompts (method {config.method}); use lora, full, ia3, adapter or selective")
     checks = [
         (config.batch_size >= 1, "batch_size must be >= 1"),
         (config.grad_accum >= 1, "grad_accum must be >= 1"),
@@ -138,6 +154,11 @@ def validate(config: TrainConfig) -> None:
         (config.chat_template in ("auto", "on", "off"), "chat_template must be auto, on or off"),
         (config.max_length >= 8, "max_length must be >= 8"),
         (0 <= config.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+        (config.dpo.loss_type in ("sigmoid", "ipo"), "dpo.loss_type must be sigmoid or ipo"),
+        (config.dpo.beta > 0, "dpo.beta must be > 0"),
+        (config.ppo.reward_output in ("logit", "probability"), "ppo.reward_output must be logit or probability"),
+        (config.ppo.kl_estimator in ("k1", "k3"), "ppo.kl_estimator must be k1 or k3"),
+        (config.stage != "ppo" or bool(config.ppo.reward), "stage ppo needs ppo.reward (a reward model or classifier folder, or module:function)"),
     ]
     problems = [message for ok, message in checks if not ok]
     if config.mixture:

@@ -20,17 +20,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
 from tunelab.prompting import PromptBuilder, PromptTemplate
-from tunelab.training.config import TrainConfig, to_dict
 from tunelab.training.data import collate, length_grouped_batches, row_length, tokenize_examples
 from tunelab.training.losses import completion_loss, positions_to_keep
 from tunelab.training.methods import METHODS
+
+if TYPE_CHECKING:  # the recipe imports the alignment trainers, which import this module
+    from tunelab.training.config import TrainConfig
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -86,20 +88,16 @@ class Trainer:
 
         self.config = config
         self.progress = progress
+        self.step_metrics: dict[str, float] = {}  # extra per-step numbers a loss() reports
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if config.bf16 else "no"
         )
         set_seed(config.seed)
-        if loaded is None:
-            from tunelab.models import load_model
-
-            loaded = load_model(config.model, device="cpu")
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
+        self.loaded = loaded if loaded is not None else self.load_base()
+        self.tokenizer = self.loaded.tokenizer
         self.method = METHODS[config.method]
-        settings = getattr(config, self.method.settings_field) if self.method.settings_field else None
-        self.model = self.method.prepare(loaded.model, settings, loaded.tokenizer)
+        self.model = self.prepare_model()
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
             if hasattr(self.model, "enable_input_require_grads"):
@@ -107,14 +105,42 @@ class Trainer:
         # Decoder-only models (but peft soft prompts, which add tokens inside forward)
         # train on left-padded batches with logits for the completion only.
         prompt_learning = bool(getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False))
-        self.completion_logits_only = not loaded.is_encoder_decoder and not prompt_learning
-        self.builder = _prompt_builder(config, loaded)
-        if config.mixture:
-            self.rows = self._tokenize_mixture()
-        else:
-            self.rows = self._tokenize(config.data, config.split, config.limit)
-        self.eval_rows = self._tokenize(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
+        self.completion_logits_only = not self.loaded.is_encoder_decoder and not prompt_learning
+        self.builder = _prompt_builder(config, self.loaded)
+        self.rows = self.training_rows()
+        self.eval_rows = self.evaluation_rows()
         self.model.train()
+
+    # -- hooks the alignment trainers override ----------------------------------------------
+    def load_base(self) -> Any:
+        from tunelab.models import load_model
+
+        config = self.config
+        qlora = config.method == "lora" and config.lora.quantize_4bit
+        return load_model(config.model, device="auto" if qlora else "cpu", quantize_4bit=qlora)
+
+    def prepare_model(self) -> Any:
+        settings = getattr(self.config, self.method.settings_field) if self.method.settings_field else None
+        return self.method.prepare(self.loaded.model, settings, self.loaded.tokenizer)
+
+    def training_rows(self) -> list[dict[str, Any]]:
+        if self.config.mixture:
+            return self._tokenize_mixture()
+        return self._tokenize(self.config.data, self.config.split, self.config.limit)
+
+    def evaluation_rows(self) -> list[dict[str, Any]]:
+        config = self.config
+        return self._tokenize(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
+
+    def row_length(self, row: dict[str, Any]) -> int:
+        return row_length(row)
+
+    def save_artifact(self, model: Any, folder: Path) -> None:
+        self.method.save(model, folder, self.tokenizer)
+
+    def count_tokens(self, batch: dict[str, Any]) -> int:
+        """Trained-on tokens in a batch (for throughput): completion tokens here."""
+        return int((batch["labels"] != -100).sum())
 
     # -- data -------------------------------------------------------------------------
     def _tokenize(self, data: str, split: str | None, limit: int | None) -> list[dict[str, list[int]]]:
@@ -139,7 +165,7 @@ class Trainer:
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """This process's share of the epoch's batches (each process gets as many)."""
-        batches = length_grouped_batches([row_length(r) for r in self.rows], self.config.batch_size, self.config.seed, epoch)
+        batches = length_grouped_batches([self.row_length(r) for r in self.rows], self.config.batch_size, self.config.seed, epoch)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
         return batches[:usable][rank::world] if world > 1 else batches
@@ -279,6 +305,8 @@ class Trainer:
         if resume:
             state = self.load_checkpoint()
         else:
+            from tunelab.training.config import to_dict
+
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             _write_json(self.output_dir / "config.json", to_dict(config))
         started = time.perf_counter() - state["elapsed"]
@@ -300,7 +328,7 @@ class Trainer:
                     self.scheduler.step() if self.accelerator.sync_gradients else None
                     self.optimizer.zero_grad()
                 micro += 1
-                state["tokens"] += int((batch["labels"] != -100).sum())
+                state["tokens"] += self.count_tokens(batch)
                 state["batch"] = index + 1
                 if not self.accelerator.sync_gradients:
                     continue
@@ -320,7 +348,7 @@ class Trainer:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if state["step"] % config.logging_steps == 0:
-            self.log({"step": state["step"], "epoch": state["epoch"], "loss": loss,
+            self.log({"step": state["step"], "epoch": state["epoch"], "loss": loss, **self.step_metrics,
                       "lr": self.scheduler.get_last_lr()[0], "tokens": state["tokens"], "elapsed": round(state["elapsed"], 2)})
         if config.eval_steps and self.eval_rows and state["step"] % config.eval_steps == 0:
             self.log({"step": state["step"], **self.evaluate()})
@@ -345,7 +373,7 @@ class Trainer:
             summary.update(metrics)
         if self.accelerator.is_main_process:
             shutil.rmtree(artifact, ignore_errors=True)
-            self.method.save(self.accelerator.unwrap_model(self.model), artifact, self.tokenizer)
+            self.save_artifact(self.accelerator.unwrap_model(self.model), artifact)
             model = self.accelerator.unwrap_model(self.model)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             total = sum(p.numel() for p in model.parameters())
@@ -367,5 +395,16 @@ class Trainer:
         return TrainResult(self.output_dir, artifact, state["step"], summary)
 
 
+def trainer_class(stage: str) -> type[Trainer]:
+    """The trainer a recipe's ``stage`` names (each in its own file)."""
+    if stage == "sft":
+        return Trainer
+    from tunelab.alignment.dpo import DPOTrainer
+    from tunelab.alignment.ppo import PPOTrainer
+    from tunelab.alignment.reward import ClassifierTrainer, RewardTrainer
+
+    return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "dpo": DPOTrainer}[stage]
+
+
 def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> TrainResult:
-    return Trainer(config, loaded, progress=progress).train(resume=resume)
+    return trainer_class(config.stage)(config, loaded, progress=progress).train(resume=resume)

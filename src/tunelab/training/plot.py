@@ -32,3 +32,27 @@ def plot_losses(metrics: Path, out: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def plot_series(metrics: Path, out: Path, keys: list[str], title: str = "") -> None:
+    """One small panel per logged quantity (PPO: reward, KL, entropy, value loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), "o-", markersize=3, linewidth=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

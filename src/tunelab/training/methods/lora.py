@@ -36,26 +36,39 @@ def targets(model: Any, settings: LoraSettings) -> list[str]:
     raise MethodError(f"no default LoRA targets for model type '{model_type(model)}'; set lora.target_modules")
 
 
+CLASSIFIER_HEADS = ("score", "classifier", "classification_head")  # Llama, BERT-likes, T5
+
+
 def task_type(model: Any) -> str:
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
     return "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
+
+
+def new_heads(model: Any) -> list[str] | None:
+    """A classifier's head is new and small: train it fully and save it with the adapter."""
+    if task_type(model) != "SEQ_CLS":
+        return None
+    return [name for name, _ in model.named_children() if name in CLASSIFIER_HEADS]
 
 
 def prepare(model: Any, settings: LoraSettings, tokenizer: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
     if settings.quantize_4bit:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MethodError("QLoRA (lora.quantize_4bit) needs a CUDA GPU and bitsandbytes; on CPU use plain LoRA")
         if not getattr(model, "is_loaded_in_4bit", False):
-            # Never train plain LoRA while the user believes the base is 4-bit.
-            raise MethodError("QLoRA: tunelab does not load 4-bit bases yet; set lora.quantize_4bit=false")
+            # Never train plain LoRA while the user believes the base is 4-bit; the
+            # trainer loads the base with load_model(..., quantize_4bit=True).
+            raise MethodError("QLoRA (lora.quantize_4bit) needs the base loaded in 4-bit: a CUDA GPU and bitsandbytes")
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 layer norms and input grads for training on a quantized base
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     names = targets(model, settings)
     check_targets(model, names)
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=names, task_type=task_type(model),
+        target_modules=names, task_type=task_type(model), modules_to_save=new_heads(model),
     )
     return get_peft_model(model, config)
 

@@ -1,0 +1,455 @@
+"""PPO with a KL penalty (``stage: ppo``), for causal and seq2seq policies.
+
+Each step (Ziegler et al., 2019; Stiennon et al., 2020):
+  1. rollouts: sample responses to a batch of prompts with tunelab's batched generation;
+  2. scoring: a reward model, a classifier's class score, or a ``module:function``;
+  3. per-token reward = -kl_coef * (log pi - log ref) plus the score at the last token;
+     GAE advantages from a scalar value head on the policy's last hidden state;
+  4. ``ppo_epochs`` passes of clipped policy + value losses over minibatches.
+
+The reference is never a second copy for LoRA: it is the same base with the adapter
+disabled, or, when PPO continues a trained adapter (``ppo.init_adapter``, e.g. the
+DialogSum summarizer), a frozen second copy of that adapter only. Full fine-tuning
+keeps a frozen copy of the model. The run stops with a message when the KL passes
+``ppo.max_kl``. Checkpoints, --resume, logs and the plot come from the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from tunelab.alignment import losses as L
+from tunelab.data import load_examples
+from tunelab.errors import TunelabError
+from tunelab.training.engine import Trainer, TrainingError, _write_json
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+REFERENCE_ADAPTER = "reference"
+
+
+@dataclass
+class PPOSettings:
+    reward: str = field(default="", metadata={"help": "Reward: a reward model or classifier folder (tunelab train output), or module:function taking (prompts, responses)."})
+    reward_output: str = field(default="logit", metadata={"help": "For a classifier: the reward is the chosen class's logit or probability."})
+    reward_label: str | None = field(default=None, metadata={"help": "For a classifier: the rewarded class (default: the one it was trained to reward, e.g. 'neither')."})
+    normalize_reward: bool = field(default=False, metadata={"help": "Scale scores by a running mean/std before the KL penalty."})
+    length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token (0 = none)."})
+    init_adapter: str | None = field(default=None, metadata={"help": "Continue a trained LoRA adapter (e.g. the DialogSum summarizer); it is also the reference."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per PPO step (the course: 16)."})
+    mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step inside a PPO epoch."})
+    ppo_epochs: int = field(default=1, metadata={"help": "Passes over each step's rollouts (Schulman et al.: 3-10; the course: 1)."})
+    min_new_tokens: int = field(default=40, metadata={"help": "Response length range: each step's length limit is drawn from [min_new_tokens, max_new_tokens]."})
+    max_new_tokens: int = field(default=60, metadata={"help": "Longest response."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts (log-probs use the same)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling for rollouts (0 = the whole vocabulary, so log-probs are the policy's)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for rollouts."})
+    kl_coef: float = field(default=0.2, metadata={"help": "Initial KL penalty coefficient (Ziegler et al.: 0.2)."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt the coefficient so the KL tracks target_kl (Ziegler et al.)."})
+    target_kl: float = field(default=6.0, metadata={"help": "Adaptive KL target (nats per response)."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (Ziegler et al.: 10000)."})
+    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimate: k1 (log-ratio) or k3 (non-negative)."})
+    max_kl: float = field(default=30.0, metadata={"help": "Stop the run when the mean KL to the reference exceeds this (nats per response)."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    clip_range: float = field(default=0.2, metadata={"help": "Policy ratio clip epsilon."})
+    clip_range_value: float = field(default=0.2, metadata={"help": "Value clip range."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar value per position, read from the policy's last hidden state."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.summary.weight, std=1 / math.sqrt(hidden_size + 1))
+        torch.nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+# -- batches ----------------------------------------------------------------------------------
+def rollout_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int, is_encoder_decoder: bool,
+                  decoder_start: int | None = None) -> dict[str, torch.Tensor]:
+    """Tensors for scoring responses. Decoder-only: [left-padded prompt | right-padded
+    response], so every response starts at the same column. Seq2seq: the prompt goes to
+    the encoder and the response, shifted right, to the decoder."""
+    size, width = len(prompts), max(len(r) for r in responses)
+    response_ids = torch.full((size, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((size, width), dtype=torch.float)
+    for i, r in enumerate(responses):
+        response_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    prompt_width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((size, prompt_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((size, prompt_width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        cols = slice(0, len(p)) if is_encoder_decoder else slice(prompt_width - len(p), prompt_width)
+        prompt_ids[i, cols] = torch.tensor(p)
+        prompt_mask[i, cols] = 1
+    batch = {"responses": response_ids, "mask": mask}
+    if is_encoder_decoder:
+        start = torch.full((size, 1), decoder_start if decoder_start is not None else pad_id, dtype=torch.long)
+        batch.update(input_ids=prompt_ids, attention_mask=prompt_mask,
+                     decoder_input_ids=torch.cat([start, response_ids[:, :-1]], dim=1),
+                     decoder_attention_mask=torch.cat([torch.ones(size, 1), mask[:, :-1]], dim=1).long())
+    else:
+        attention = torch.cat([prompt_mask, mask.long()], dim=1)
+        batch.update(input_ids=torch.cat([prompt_ids, response_ids], dim=1), attention_mask=attention,
+                     position_ids=(attention.cumsum(dim=1) - 1).clamp(min=0))
+    return batch
+
+
+def policy_outputs(model: Any, batch: dict[str, torch.Tensor], is_encoder_decoder: bool, *,
+                   hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [B, R, V] predicting each response token, and the last hidden state at the
+    same positions (for the value head) when asked."""
+    width = batch["responses"].shape[1]
+    if is_encoder_decoder:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"],
+                    output_hidden_states=hidden)
+        return out.logits, (out.decoder_hidden_states[-1] if hidden else None)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                logits_to_keep=width + 1, output_hidden_states=hidden)
+    states = out.hidden_states[-1][:, -(width + 1) : -1] if hidden else None
+    return out.logits[:, :-1], states
+
+
+def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v.index_select(0, rows) for k, v in batch.items()}
+
+
+# -- the trainer --------------------------------------------------------------------------------
+class PPOTrainer(Trainer):
+    def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None) -> None:
+        settings = config.ppo
+        if settings.init_adapter and config.method != "lora":
+            raise TunelabError("ppo.init_adapter continues a LoRA adapter: set method: lora")
+        if settings.min_new_tokens > settings.max_new_tokens or settings.min_new_tokens < 1:
+            raise TunelabError("ppo: need 1 <= min_new_tokens <= max_new_tokens")
+        if settings.mini_batch_size > settings.rollout_batch_size:
+            raise TunelabError("ppo: mini_batch_size must not exceed rollout_batch_size")
+        super().__init__(config, loaded, progress=progress)
+        self.reward = reward if reward is not None else self._load_reward()
+        self.value_head = ValueHead(self.model.config.hidden_size).to(self.accelerator.device)
+        self.reference_model = None
+        if config.method != "lora" and not hasattr(self.model, "disable_adapter"):
+            self.reference_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+        self.kl = (L.AdaptiveKLController(settings.kl_coef, settings.target_kl, settings.kl_horizon)
+                   if settings.adaptive_kl else L.FixedKLController(settings.kl_coef))
+        self.moments = L.RunningMoments()
+        self.model.eval()  # no dropout: rollout and update log-probs must match (KL is 0 at the start)
+
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare_model(self) -> Any:
+        init = self.config.ppo.init_adapter
+        if not init:
+            return super().prepare_model()
+        from peft import PeftModel
+
+        if not (Path(init) / "adapter_config.json").is_file():
+            raise TunelabError(f"ppo.init_adapter {init} is not a LoRA adapter folder; train one first, e.g. "
+                               "`tunelab train recipes/dialogsum-lora.yaml`")
+        model = PeftModel.from_pretrained(self.loaded.model, init, is_trainable=True)
+        model.load_adapter(init, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
+        return model
+
+    def _load_reward(self) -> Any:
+        from tunelab.alignment.reward import NormalisedReward, load_reward
+
+        settings = self.config.ppo
+        if not settings.reward:
+            raise TunelabError("ppo.reward is not set: give a reward model or classifier folder, or module:function")
+        reward = load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
+        return NormalisedReward(reward) if settings.normalize_reward else reward
+
+    def training_rows(self) -> list[dict[str, Any]]:
+        return self._prompts(self.config.data, self.config.split, self.config.limit)
+
+    def evaluation_rows(self) -> list[dict[str, Any]]:
+        config = self.config
+        return self._prompts(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
+
+    def _prompts(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+        from tunelab.training.data import _fit_prompt
+
+        room = self.config.max_length - (0 if self.loaded.is_encoder_decoder else self.config.ppo.max_new_tokens)
+        rows = []
+        for example in load_examples(data, split, input_field=self.config.input_field,
+                                     target_field=self.config.target_field, limit=limit):
+            ids = _fit_prompt(example, self.builder, self.tokenizer, room)
+            if ids is None:
+                raise TunelabError(f"example '{example.id}': the prompt template alone exceeds max_length")
+            rows.append({"ids": ids, "text": self.builder.render(example, []), "references": example.references})
+        return rows
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        own = super()._trainable()
+        own.update({f"value_head.{k}": v for k, v in self.value_head.named_parameters()})
+        return own
+
+    # -- reference --------------------------------------------------------------------------------
+    @contextmanager
+    def _as_reference(self) -> Iterator[Any]:
+        model = self.accelerator.unwrap_model(self.model)
+        if self.reference_model is not None:
+            yield self.reference_model
+        elif self.config.ppo.init_adapter:
+            model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+            try:
+                yield model
+            finally:
+                model.set_adapter("default")
+        else:
+            with model.disable_adapter():
+                yield model
+
+    # -- one step ---------------------------------------------------------------------------------
+    def rollout(self, rows: list[dict[str, Any]], step: int) -> tuple[list[list[int]], list[str], float]:
+        from tunelab.generation import GenerationSettings
+        from tunelab.generation.batched import generate_from_ids
+
+        settings = self.config.ppo
+        length = random.Random(self.config.seed * 7919 + step).randint(settings.min_new_tokens, settings.max_new_tokens)
+        generation = GenerationSettings(max_new_tokens=length, do_sample=True, temperature=settings.temperature,
+                                        top_k=settings.top_k, top_p=settings.top_p, batch_size=len(rows),
+                                        seed=self.config.seed * 100_003 + step)
+        started = time.perf_counter()
+        outputs = generate_from_ids(self.accelerator.unwrap_model(self.model), self.tokenizer, [r["ids"] for r in rows],
+                                    generation, progress=False)
+        # the end-of-sequence token was sampled too: it is part of the action sequence
+        responses = [o.token_ids + ([o.eos_token_id] if o.eos_token_id is not None else []) for o in outputs]
+        responses = [r or [self.tokenizer.eos_token_id] for r in responses]
+        return responses, [o.text for o in outputs], time.perf_counter() - started
+
+    def _score(self, rows: list[dict[str, Any]], texts: list[str], responses: list[list[int]]) -> torch.Tensor:
+        scores = torch.as_tensor(self.reward([r["text"] for r in rows], texts), dtype=torch.float)
+        if self.config.ppo.length_penalty:
+            scores = scores - self.config.ppo.length_penalty * torch.tensor([len(r) for r in responses], dtype=torch.float)
+        return scores
+
+    def _logprobs(self, model: Any, batch: dict[str, torch.Tensor], hidden: bool):
+        logits, states = policy_outputs(model, batch, self.loaded.is_encoder_decoder, hidden=hidden)
+        logits = logits.float() / self.config.ppo.temperature
+        return logits, L.token_logprobs(logits, batch["responses"]), states
+
+    @torch.no_grad()
+    def _prepare_update(self, batch: dict[str, torch.Tensor], scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        settings, mask = self.config.ppo, batch["mask"]
+        _, old_logprobs, states = self._logprobs(self.model, batch, hidden=True)
+        old_values = self.value_head(states) * mask
+        with self._as_reference() as reference:
+            _, ref_logprobs, _ = self._logprobs(reference, batch, hidden=False)
+        kl = L.kl_per_token(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
+        if settings.normalize_reward:
+            self.moments.update(scores)
+        rewards = L.token_rewards(scores.to(mask.device), kl, mask, self.kl.value)
+        advantages, returns = L.gae(rewards, old_values, mask, settings.gamma, settings.lam)
+        advantages = L.masked_whiten(advantages, mask)
+        return {**batch, "old_logprobs": old_logprobs * mask, "old_values": old_values, "advantages": advantages,
+                "returns": returns, "kl": kl, "rewards": rewards}
+
+    def _update(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        settings = self.config.ppo
+        size = data["mask"].shape[0]
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl", "entropy")}
+        generator = torch.Generator().manual_seed(self.config.seed + int(data["responses"].sum()))
+        for _ in range(settings.ppo_epochs):
+            order = torch.randperm(size, generator=generator)
+            for start in range(0, size, settings.mini_batch_size):
+                part = _select(data, order[start : start + settings.mini_batch_size].to(data["mask"].device))
+                mask = part["mask"]
+                logits, logprobs, states = self._logprobs(self.model, part, hidden=True)
+                values = self.value_head(states)
+                policy = L.ppo_policy_loss(logprobs, part["old_logprobs"], part["advantages"], mask, settings.clip_range)
+                value_loss, value_clip = L.ppo_value_loss(values, part["old_values"], part["returns"], mask, settings.clip_range_value)
+                loss = policy.loss + settings.vf_coef * value_loss
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"the PPO loss became {loss.item()}; lower learning_rate or check the reward")
+                self.accelerator.backward(loss)
+                if self.config.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(self._params, self.config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                with torch.no_grad():
+                    entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
+                for key, value in (("policy_loss", policy.loss), ("value_loss", value_loss), ("clip_fraction", policy.clip_fraction),
+                                   ("value_clip_fraction", value_clip), ("approx_kl", policy.approx_kl), ("entropy", entropy)):
+                    stats[key].append(float(value.detach()))
+        self.scheduler.step()
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def ppo_step(self, rows: list[dict[str, Any]], step: int) -> dict[str, float]:
+        responses, texts, generation_seconds = self.rollout(rows, step)
+        started = time.perf_counter()
+        scores = self._score(rows, texts, responses)
+        scoring_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        batch = rollout_batch([r["ids"] for r in rows], responses, pad, self.loaded.is_encoder_decoder,
+                              getattr(self.model.config, "decoder_start_token_id", None))
+        data = self._prepare_update({k: v.to(self.accelerator.device) for k, v in batch.items()}, scores)
+        update = self._update(data)
+        mask = data["mask"]
+        sequence_kl = (data["kl"]).sum(-1)
+        record = {
+            "reward": scores.mean().item(), "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "kl": sequence_kl.mean().item(), "kl_coef": self.kl.value,
+            "non_score_reward": (-self.kl.value * sequence_kl).mean().item(),
+            **update,
+            "response_length": mask.sum(-1).mean().item(),
+            "generation_seconds": round(generation_seconds, 2), "scoring_seconds": round(scoring_seconds, 2),
+            "update_seconds": round(time.perf_counter() - started, 2),
+        }
+        self.kl.update(record["kl"], len(rows))
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        per_epoch = max(1, len(self.rows) // self.config.ppo.rollout_batch_size)
+        return max(1, math.ceil(per_epoch * self.config.epochs))
+
+    def _step_rows(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        size = self.config.ppo.rollout_batch_size
+        if state["batch"] + size > len(self.rows):
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+        order = list(range(len(self.rows)))
+        random.Random(self.config.seed * 100_003 + state["epoch"]).shuffle(order)
+        picked = order[state["batch"] : state["batch"] + size]
+        state["batch"] += size
+        return [self.rows[i] for i in picked]
+
+    def train(self, resume: bool = False) -> Any:
+        from tqdm.auto import tqdm
+        from transformers import get_scheduler
+
+        from tunelab.training.config import to_dict
+        from tunelab.training.engine import TrainResult
+
+        config, settings = self.config, self.config.ppo
+        if len(self.rows) < settings.rollout_batch_size:
+            raise TunelabError(f"ppo: {len(self.rows)} prompts, fewer than rollout_batch_size={settings.rollout_batch_size}")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        total = self.total_steps()
+        self._params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total),
+                                       num_training_steps=total)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0}
+        if resume:
+            state = self.load_checkpoint()
+            self.kl.value = state.pop("kl_coef")
+            self.moments.load_state_dict(state.pop("reward_moments"))
+            before = _read_json(self.output_dir / "eval_before.json")
+        else:
+            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            _write_json(self.output_dir / "config.json", to_dict(config))
+            before = self.evaluate_policy("before") if self.eval_rows else None
+            if before is not None:
+                _write_json(self.output_dir / "eval_before.json", before)
+        started = time.perf_counter() - state["elapsed"]
+        bar = tqdm(total=total, initial=state["step"], desc="ppo", unit="step",
+                   disable=not (self.progress and self.accelerator.is_main_process))
+        while state["step"] < total:
+            record = self.ppo_step(self._step_rows(state), state["step"])
+            state["step"] += 1
+            state["tokens"] += int(record["response_length"] * settings.rollout_batch_size)
+            state["elapsed"] = time.perf_counter() - started
+            self.log({"step": state["step"], **record, "lr": self.scheduler.get_last_lr()[0], "elapsed": round(state["elapsed"], 2)})
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")
+            if record["kl"] > settings.max_kl:
+                self._stop_on_kl(record["kl"], state)
+            if config.save_steps and state["step"] % config.save_steps == 0 and self.accelerator.is_main_process:
+                self.save_checkpoint({**state, "kl_coef": self.kl.value, "reward_moments": self.moments.state_dict()})
+        bar.close()
+        after = self.evaluate_policy("after") if self.eval_rows else None
+        result = self._finish(state)
+        if before is not None and after is not None and self.accelerator.is_main_process:
+            comparison = {"before": before, "after": after}
+            _write_json(self.output_dir / "eval.json", comparison)
+            result.summary["eval"] = comparison
+            _write_json(self.output_dir / "summary.json", result.summary)
+        return TrainResult(result.output_dir, result.artifact, result.steps, result.summary)
+
+    def _stop_on_kl(self, kl: float, state: dict[str, Any]) -> None:
+        latest = self.output_dir / "checkpoints" / "latest"
+        kept = f"the last good checkpoint is {latest.parent / latest.read_text().strip()}" if latest.is_file() else "no checkpoint was written yet"
+        raise TrainingError(
+            f"the KL to the reference reached {kl:.2f} nats at step {state['step']}, past ppo.max_kl={self.config.ppo.max_kl}: "
+            f"the policy is running away from the reference (reward hacking?); training stopped and {kept}. "
+            "Raise ppo.kl_coef, lower learning_rate, or turn on ppo.adaptive_kl."
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        return {}  # PPO's held-out evaluation generates: see evaluate_policy
+
+    def save_artifact(self, model: Any, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        if self.config.ppo.init_adapter and REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+            model.save_pretrained(folder, selected_adapters=["default"])
+            self.tokenizer.save_pretrained(folder)
+        else:
+            super().save_artifact(model, folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}, str(folder / VALUE_HEAD_FILE))
+
+    def plot(self) -> None:
+        from tunelab.training.plot import plot_series
+
+        plot_series(self.output_dir / "metrics.jsonl", self.output_dir / "ppo.png", ["reward", "kl", "entropy", "value_loss"],
+                    title=f"PPO on {self.config.data}")
+
+    # -- held-out evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_policy(self, name: str) -> dict[str, Any]:
+        """Greedy responses to the held-out prompts: reward mean and std, toxicity (for a
+        classifier reward: 1 - P(rewarded class)), ROUGE when references exist."""
+        from tunelab.generation import GenerationSettings
+        from tunelab.generation.batched import generate_from_ids
+
+        rows = self.eval_rows
+        settings = GenerationSettings(max_new_tokens=self.config.ppo.max_new_tokens, batch_size=16)
+        outputs = generate_from_ids(self.accelerator.unwrap_model(self.model), self.tokenizer, [r["ids"] for r in rows],
+                                    settings, progress=self.progress, desc=f"eval ({name})")
+        texts = [o.text for o in outputs]
+        prompts = [r["text"] for r in rows]
+        reward = getattr(self.reward, "reward", self.reward)  # un-normalised
+        scores = torch.as_tensor(reward(prompts, texts), dtype=torch.float).tolist()
+        result: dict[str, Any] = {"n": len(rows), "reward_mean": statistics.fmean(scores),
+                                  "reward_std": statistics.pstdev(scores)}
+        if hasattr(reward, "logits") and len(reward.labels) > 1:
+            probability = reward.logits(prompts, texts).softmax(-1)[:, reward.label_index]
+            toxicity = (1 - probability).tolist()
+            result.update(toxicity_mean=statistics.fmean(toxicity), toxicity_std=statistics.pstdev(toxicity))
+        if all(r["references"] for r in rows):
+            from tunelab.evaluation import rouge
+
+            result.update({k: v for k, v in rouge(texts, [r["references"] for r in rows]).items()})
+        result["samples"] = texts[:5]
+        return result
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+__all__ = ["PPOSettings", "PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch"]

@@ -1,0 +1,12 @@
+"""Toy rewards for PPO tests (`module:function` rewards)."""
+
+TARGET = "park"
+
+
+def count_target(prompts, responses):
+    """Reward a response for each time it says the target word."""
+    return [float(r.count(TARGET)) for r in responses]
+
+
+def wrong_count(prompts, responses):
+    return [0.0]

@@ -1,0 +1,166 @@
+"""PPO on a tiny Llama and T5: KL is 0 before the first update, the reference never
+changes, a toy reward is learnt, resume is exact, and a runaway KL stops the run."""
+
+import json
+
+import pytest
+import torch
+
+from tunelab.alignment.ppo import PPOTrainer, policy_outputs, rollout_batch
+from tunelab.alignment.losses import token_logprobs
+from tunelab.models import load_model
+from tunelab.training.config import TrainConfig
+from tunelab.training.engine import Trainer, TrainingError
+from tunelab.training.methods import load_artifact
+
+# a token each tiny random model samples now and then, and the learning rate that works
+TOY = {"llama": ("Summar", 1e-2), "t5": ("F", 3e-3)}
+
+
+def toy(model_dir):
+    return TOY["t5" if "t5" in model_dir.name else "llama"]
+
+
+def count_reward(target):
+    return lambda prompts, responses: [float(r.count(target)) for r in responses]
+
+
+def ppo_config(model_dir, data, tmp_path, method="lora", steps=4, **ppo):
+    target, lr = toy(model_dir)
+    config = TrainConfig(stage="ppo", method=method, model=str(model_dir), data=str(data), split=None, max_steps=steps,
+                         learning_rate=lr if method == "lora" else lr / 5, warmup_ratio=0.0, scheduler="constant",
+                         chat_template="off", max_length=64, output_dir=str(tmp_path / f"ppo-{method}"), seed=0)
+    config.ppo.reward = "tests.alignment.rewards:count_target"
+    settings = dict(rollout_batch_size=6, mini_batch_size=3, min_new_tokens=4, max_new_tokens=6, ppo_epochs=2, kl_coef=0.05)
+    for key, value in {**settings, **ppo}.items():
+        setattr(config.ppo, key, value)
+    return config
+
+
+def metrics(trainer):
+    return [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def frozen_reference(trainer):
+    """Everything the reference is made of, cloned."""
+    if trainer.reference_model is not None:
+        return {k: v.clone() for k, v in trainer.reference_model.state_dict().items()}
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {k: v.detach().clone() for k, v in model.named_parameters() if not v.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_kl_starts_at_zero_and_the_reference_never_changes(method, tiny_model_dir, dialog_file, tmp_path):
+    target, _ = toy(tiny_model_dir)
+    trainer = PPOTrainer(ppo_config(tiny_model_dir, dialog_file, tmp_path, method), reward=count_reward(target), progress=False)
+    reference = frozen_reference(trainer)
+    result = trainer.train()
+    rows = metrics(trainer)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[-1]["kl"] != pytest.approx(0.0, abs=1e-5)  # the policy moved
+    for key in ("reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length", "generation_seconds", "update_seconds"):
+        assert key in rows[-1]
+    after = frozen_reference(trainer)
+    assert after.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(value, after[name]), f"reference {name} changed"
+    assert (result.artifact / "value_head.safetensors").is_file()
+    assert (trainer.output_dir / "ppo.png").is_file()
+
+
+def test_ppo_learns_a_toy_reward(tiny_model_dir, dialog_file, tmp_path):
+    target, _ = toy(tiny_model_dir)
+    trainer = PPOTrainer(ppo_config(tiny_model_dir, dialog_file, tmp_path, steps=30), reward=count_reward(target), progress=False)
+    trainer.train()
+    rewards = [r["reward"] for r in metrics(trainer)]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last >= 1.5, rewards  # times the target appears in a response of at most 6 tokens
+    assert last > 4 * first + 0.5, rewards
+
+
+def test_policy_log_probs_ignore_padding(tiny_model, tmp_path):
+    """Scoring a padded rollout batch gives each row the log-probs it has alone."""
+    model, tokenizer = tiny_model.model, tiny_model.tokenizer
+    prompts = [tokenizer("Where is the bank?")["input_ids"], tokenizer("Hi")["input_ids"]]
+    responses = [[5, 6, 7], [8]]
+    pad = tokenizer.pad_token_id
+    start = model.config.decoder_start_token_id if tiny_model.is_encoder_decoder else None
+    batch = rollout_batch(prompts, responses, pad, tiny_model.is_encoder_decoder, start)
+    with torch.no_grad():
+        logits, hidden = policy_outputs(model, batch, tiny_model.is_encoder_decoder, hidden=True)
+        together = token_logprobs(logits, batch["responses"]) * batch["mask"]
+        for i in range(2):
+            alone = rollout_batch(prompts[i : i + 1], responses[i : i + 1], pad, tiny_model.is_encoder_decoder, start)
+            logits, _ = policy_outputs(model, alone, tiny_model.is_encoder_decoder, hidden=False)
+            torch.testing.assert_close(together[i, : len(responses[i])], token_logprobs(logits, alone["responses"])[0], atol=1e-4, rtol=1e-4)
+    assert hidden.shape[:2] == batch["responses"].shape
+
+
+def test_kill_and_resume_gives_the_same_weights(tiny_llama_dir, dialog_file, tmp_path, monkeypatch):
+    target, _ = toy(tiny_llama_dir)
+    straight = PPOTrainer(ppo_config(tiny_llama_dir, dialog_file, tmp_path / "a", steps=6, kl_coef=0.1, adaptive_kl=True),
+                          reward=count_reward(target), progress=False)
+    straight.config.save_steps = 2
+    straight.train()
+    expected = straight._trainable()
+
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path / "b", steps=6, kl_coef=0.1, adaptive_kl=True)
+    config.save_steps = 2
+    original = PPOTrainer.ppo_step
+
+    def crash_at_step_5(self, rows, step):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, rows, step)
+
+    monkeypatch.setattr(PPOTrainer, "ppo_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        PPOTrainer(config, reward=count_reward(target), progress=False).train()
+    monkeypatch.setattr(PPOTrainer, "ppo_step", original)
+    resumed = PPOTrainer(config, reward=count_reward(target), progress=False)
+    resumed.train(resume=True)
+    assert resumed.kl.value == pytest.approx(straight.kl.value)
+    for name, value in resumed._trainable().items():
+        assert torch.equal(value, expected[name]), f"{name} differs after resume"
+
+
+def test_a_runaway_kl_stops_the_run(tiny_llama_dir, dialog_file, tmp_path):
+    target, _ = toy(tiny_llama_dir)
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, steps=6, max_kl=-1.0)
+    config.save_steps = 1
+    with pytest.raises(TrainingError, match=r"KL to the reference reached .* past ppo.max_kl=-1.0.*no checkpoint"):
+        PPOTrainer(config, reward=count_reward(target), progress=False).train()
+
+
+def test_ppo_continues_a_trained_adapter_whose_copy_is_the_reference(tiny_model_dir, dialog_file, tmp_path):
+    from tests.training.test_methods import make_config
+
+    sft = Trainer(make_config(tiny_model_dir, dialog_file, tmp_path, "lora", max_steps=3), progress=False).train()
+    target, _ = toy(tiny_model_dir)
+    config = ppo_config(tiny_model_dir, dialog_file, tmp_path, init_adapter=str(sft.artifact))
+    trainer = PPOTrainer(config, reward=count_reward(target), progress=False)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    reference = {k: v.clone() for k, v in model.named_parameters() if ".reference." in k}
+    assert reference and not any(v.requires_grad for k, v in model.named_parameters() if ".reference." in k)
+    result = trainer.train()
+    assert metrics(trainer)[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    for name, value in model.named_parameters():
+        if ".reference." in name:
+            assert torch.equal(value, reference[name])
+    # the artifact is one plain adapter on the same base
+    policy = load_artifact(load_model(str(tiny_model_dir), device="cpu").model, result.artifact)
+    assert list(policy.peft_config) == ["default"]
+
+
+def test_ppo_recipe_errors(tiny_llama_dir, dialog_file, tmp_path):
+    from tunelab.errors import TunelabError
+    from tunelab.training.config import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="stage ppo needs ppo.reward"):
+        load_recipe(None, ["stage=ppo"])
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, rollout_batch_size=50, mini_batch_size=4)
+    with pytest.raises(TunelabError, match="6 prompts, fewer than rollout_batch_size=50"):
+        PPOTrainer(config, progress=False).train()
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, init_adapter=str(tmp_path))
+    with pytest.raises(TunelabError, match="not a LoRA adapter folder"):
+        PPOTrainer(config, progress=False)
