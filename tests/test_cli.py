@@ -83,8 +83,11 @@ def test_demo_on_the_default_model(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("TUNELAB_CACHE", _USER_CACHE)
     else:
         monkeypatch.delenv("TUNELAB_CACHE", raising=False)
-    assert main(["demo", "--limit", "3", "--shots", "0,1", "--out-dir", str(tmp_path), "--train-steps", "2"]) == 0
+    assert main(["demo", "--limit", "3", "--shots", "0,1", "--out-dir", str(tmp_path), "--train-steps", "2",
+                 "--classifier-steps", "2", "--ppo-steps", "1"]) == 0
     table = capsys.readouterr().out
+    assert "| PPO step | reward | KL |" in table and "\n| 1 | " in table
+    assert (tmp_path / "detox-ppo" / "final" / "adapter_model.safetensors").is_file()
     assert "| human-baseline | 3 |" in table and "| 0-shot | 3 |" in table and "| 1-shot | 3 |" in table
     assert "| lora-2-steps | 3 |" in table and (tmp_path / "lora" / "final" / "adapter_model.safetensors").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -73,7 +73,7 @@ def _eval_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     from tunelab.jobs import DemoJob
 
-    p = sub.add_parser("demo", help="zero-, one- and few-shot DialogSum summaries and a short LoRA fine-tune of the default model, scored")
+    p = sub.add_parser("demo", help="zero-, one- and few-shot DialogSum summaries, a short LoRA fine-tune, then a few PPO detox steps, on the default model")
     _add_dataclass_options(p, DemoJob, skip=("shots",))
     p.add_argument("--shots", default="0,1,3", help="Comma-separated shot counts to compare (default: 0,1,3).")
 

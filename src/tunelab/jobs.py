@@ -178,9 +178,11 @@ class DemoJob:
     batch_size: int = field(default=16, metadata={"help": "Prompts per batch."})
     train_steps: int = field(default=20, metadata={"help": "Steps of the short LoRA fine-tune (0 = skip it)."})
     recipe: Path = field(default=Path("recipes/dialogsum-lora.yaml"), metadata={"help": "Recipe of the short fine-tune."})
+    classifier_steps: int = field(default=20, metadata={"help": "Steps of the short toxicity-classifier training (0 = skip alignment)."})
+    ppo_steps: int = field(default=3, metadata={"help": "PPO steps detoxifying the LoRA summarizer (0 = skip alignment)."})
 
 
-def _demo_lora(job: DemoJob, settings: GenerationSettings) -> Path:
+def _demo_lora(job: DemoJob, settings: GenerationSettings) -> tuple[Path, Path]:
     """A short LoRA fine-tune on DialogSum dev, then the same test dialogues, zero-shot."""
     from tunelab.training.config import load_recipe
     from tunelab.training.engine import train
@@ -194,7 +196,36 @@ def _demo_lora(job: DemoJob, settings: GenerationSettings) -> Path:
                            adapter=str(result.artifact), generation=settings)
     path = job.out_dir / f"lora-{job.train_steps}-steps.jsonl"
     write_jsonl(run_prompt(prompt_job, desc="LoRA"), path)
-    return path
+    return path, result.artifact
+
+
+def _demo_alignment(job: DemoJob, summarizer: Path) -> None:
+    """A toxicity classifier trained briefly, then a few PPO steps on the summarizer with
+    its 'neither' logit as the reward: reward and KL printed per step."""
+    import json
+
+    from tunelab.training.config import load_recipe
+    from tunelab.training.engine import train
+
+    classifier_dir = job.out_dir / "toxicity-classifier"
+    config = load_recipe(Path("recipes/toxicity-classifier.yaml"), [
+        f"max_steps={job.classifier_steps}", f"limit={job.classifier_steps * 32}", "eval_limit=200",
+        f"output_dir={classifier_dir}", f"model={job.model}", "save_steps=0"])
+    print(f"tunelab demo: toxicity classifier, {job.classifier_steps} steps of 32 tweets", file=sys.stderr)
+    classifier = train(config)
+    print(f"tunelab demo: classifier held-out accuracy {classifier.summary['eval_accuracy']:.3f}, "
+          f"macro-F1 {classifier.summary['eval_macro_f1']:.3f}", file=sys.stderr)
+    ppo_dir = job.out_dir / "detox-ppo"
+    config = load_recipe(Path("recipes/dialogsum-detox-ppo.yaml"), [
+        f"max_steps={job.ppo_steps}", f"ppo.init_adapter={summarizer}", f"ppo.reward={classifier.artifact}",
+        "ppo.rollout_batch_size=8", "eval_data=null", f"output_dir={ppo_dir}", f"model={job.model}", "save_steps=0"])
+    print(f"tunelab demo: PPO, {job.ppo_steps} steps of 8 rollouts, reward = the classifier's 'neither' logit", file=sys.stderr)
+    train(config)
+    print("\n| PPO step | reward | KL | entropy | response tokens | seconds (generate / score / update) |\n|---:|---:|---:|---:|---:|---|")
+    for line in (ppo_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        print(f"| {row['step']} | {row['reward']:.3f} | {row['kl']:.3f} | {row['entropy']:.2f} | {row['response_length']:.1f} | "
+              f"{row['generation_seconds']:.0f} / {row['scoring_seconds']:.0f} / {row['update_seconds']:.0f} |")
 
 
 def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
@@ -215,13 +246,17 @@ def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
         path = job.out_dir / f"{k}-shot.jsonl"
         write_jsonl(rows, path)
         files.append(path)
+    summarizer = None
     if job.train_steps:
-        files.append(_demo_lora(job, settings))
+        path, summarizer = _demo_lora(job, settings)
+        files.append(path)
     results = score_files(files)
     table = markdown_table(results)
     write_json(results, job.out_dir / "metrics.json")
     (job.out_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
+    if summarizer is not None and job.classifier_steps and job.ppo_steps:
+        _demo_alignment(job, summarizer)
     print(
         f"\n{time.perf_counter() - started:.0f} s. ROUGE in %, mean over (prediction, reference) pairs; "
         f"human-baseline = reference 1 scored against references 2-3. Files in {job.out_dir}/",

@@ -120,10 +120,16 @@ def test_shipped_recipes_are_valid():
     from pathlib import Path
 
     recipes = sorted(Path(__file__).parents[2].joinpath("recipes").glob("*.yaml"))
-    assert len(recipes) >= 6
+    stages = {}
     for recipe in recipes:
         config = load_recipe(recipe)
         assert config.method and config.output_dir
+        stages[recipe.stem] = config.stage
+    for name in ("dialogsum-full", "dialogsum-lora", "dialogsum-prompt-tuning", "dialogsum-adapter", "dialogsum-ia3",
+                 "dialogsum-bitfit", "multitask"):
+        assert stages[name] == "sft"
+    assert (stages["hh-rlhf-reward"], stages["toxicity-classifier"], stages["dialogsum-detox-ppo"], stages["hh-rlhf-dpo"]) == (
+        "reward", "classifier", "ppo", "dpo")
 
 
 def test_cli_train_then_prompt_with_adapter(tiny_llama_dir, dialog_file, tmp_path):

@@ -85,18 +85,11 @@ class DPOTrainer(Trainer):
             self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     # -- data -------------------------------------------------------------------------------
-    def _pairs(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+    def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         encoder_decoder, length = self.loaded.is_encoder_decoder, self.config.max_length
         return [{"chosen": pair_row(self.tokenizer, p.prompt, p.chosen, length, encoder_decoder),
                  "rejected": pair_row(self.tokenizer, p.prompt, p.rejected, length, encoder_decoder)}
                 for p in load_pairs(data, split, limit)]
-
-    def training_rows(self) -> list[dict[str, Any]]:
-        return self._pairs(self.config.data, self.config.split, self.config.limit)
-
-    def evaluation_rows(self) -> list[dict[str, Any]]:
-        config = self.config
-        return self._pairs(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
 
     def row_length(self, row: dict[str, Any]) -> int:
         return max(len(row["chosen"]["input_ids"]) + len(row["chosen"]["labels"]),
@@ -170,9 +163,8 @@ class DPOTrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         losses, chosen, rejected = [], [], []
-        for start in range(0, len(self.eval_rows), self.config.batch_size):
-            indices = list(range(start, min(start + self.config.batch_size, len(self.eval_rows))))
-            terms = self._terms(self._batch(indices, self.eval_rows))
+        for batch in self.eval_batches():
+            terms = self._terms(batch)
             losses.append(terms.losses)
             chosen.append(terms.chosen_rewards)
             rejected.append(terms.rejected_rewards)

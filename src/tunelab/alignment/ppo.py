@@ -176,14 +176,8 @@ class PPOTrainer(Trainer):
         reward = load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
         return NormalisedReward(reward) if settings.normalize_reward else reward
 
-    def training_rows(self) -> list[dict[str, Any]]:
-        return self._prompts(self.config.data, self.config.split, self.config.limit)
-
-    def evaluation_rows(self) -> list[dict[str, Any]]:
-        config = self.config
-        return self._prompts(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
-
-    def _prompts(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+    def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+        """Prompts (token ids and text, references for ROUGE), built as for fine-tuning."""
         from tunelab.training.data import _fit_prompt
 
         room = self.config.max_length - (0 if self.loaded.is_encoder_decoder else self.config.ppo.max_new_tokens)

@@ -116,7 +116,7 @@ class RewardTrainer(_HeadTrainer):
 
     labels = ["reward"]
 
-    def _pair_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+    def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         encoder_decoder, length = self.loaded.is_encoder_decoder, self.config.max_length
         return [
             {"chosen": encode(self.tokenizer, p.prompt, p.chosen, length, encoder_decoder),
@@ -124,13 +124,6 @@ class RewardTrainer(_HeadTrainer):
              "margin": p.margin or 0.0}
             for p in load_pairs(data, split, limit)
         ]
-
-    def training_rows(self) -> list[dict[str, Any]]:
-        return self._pair_rows(self.config.data, self.config.split, self.config.limit)
-
-    def evaluation_rows(self) -> list[dict[str, Any]]:
-        config = self.config
-        return self._pair_rows(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
 
     def row_length(self, row: dict[str, Any]) -> int:
         return max(len(row["chosen"]), len(row["rejected"]))
@@ -159,9 +152,8 @@ class RewardTrainer(_HeadTrainer):
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         chosen, rejected = [], []
-        for start in range(0, len(self.eval_rows), self.config.batch_size):
-            indices = list(range(start, min(start + self.config.batch_size, len(self.eval_rows))))
-            c, r = self._rewards(self._batch(indices, self.eval_rows))
+        for batch in self.eval_batches():
+            c, r = self._rewards(batch)
             chosen.append(c)
             rejected.append(r)
         self.model.train()
@@ -218,17 +210,10 @@ class ClassifierTrainer(_HeadTrainer):
         counts = torch.bincount(torch.tensor([r["label"] for r in self.rows]), minlength=len(self.labels)).float()
         self.class_weights = (counts.sum() / (len(self.labels) * counts.clamp(min=1))) if config.classifier.balance else None
 
-    def _rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+    def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         encoder_decoder = self.loaded.is_encoder_decoder
         return [{"input_ids": encode(self.tokenizer, text, None, self.config.max_length, encoder_decoder), "label": label}
                 for text, label, _ in load_labelled(data, split, self.config.classifier, limit)]
-
-    def training_rows(self) -> list[dict[str, Any]]:
-        return self._rows(self.config.data, self.config.split, self.config.limit)
-
-    def evaluation_rows(self) -> list[dict[str, Any]]:
-        config = self.config
-        return self._rows(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
 
     def row_length(self, row: dict[str, Any]) -> int:
         return len(row["input_ids"])
@@ -249,9 +234,7 @@ class ClassifierTrainer(_HeadTrainer):
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         predicted, gold = [], []
-        for start in range(0, len(self.eval_rows), self.config.batch_size):
-            indices = list(range(start, min(start + self.config.batch_size, len(self.eval_rows))))
-            batch = self._batch(indices, self.eval_rows)
+        for batch in self.eval_batches():
             predicted.append(self.logits(batch).argmax(-1))
             gold.append(batch["label"])
         self.model.train()

@@ -161,6 +161,8 @@ def validate(config: TrainConfig) -> None:
         (config.stage != "ppo" or bool(config.ppo.reward), "stage ppo needs ppo.reward (a reward model or classifier folder, or module:function)"),
     ]
     problems = [message for ok, message in checks if not ok]
+    if config.mixture and config.stage != "sft":
+        problems.append(f"mixture is for fine-tuning (stage sft), not stage {config.stage}")
     if config.mixture:
         from tunelab.training.mixture import parse_entries
 

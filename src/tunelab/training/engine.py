@@ -123,14 +123,24 @@ class Trainer:
         settings = getattr(self.config, self.method.settings_field) if self.method.settings_field else None
         return self.method.prepare(self.loaded.model, settings, self.loaded.tokenizer)
 
+    def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
+        """One dataset as training rows (each stage has its own row shape)."""
+        return self._tokenize(data, split, limit)
+
     def training_rows(self) -> list[dict[str, Any]]:
         if self.config.mixture:
             return self._tokenize_mixture()
-        return self._tokenize(self.config.data, self.config.split, self.config.limit)
+        return self.load_rows(self.config.data, self.config.split, self.config.limit)
 
     def evaluation_rows(self) -> list[dict[str, Any]]:
         config = self.config
-        return self._tokenize(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
+        return self.load_rows(config.eval_data, config.eval_split, config.eval_limit) if config.eval_data else []
+
+    def eval_batches(self) -> Any:
+        """The held-out rows in order, batch by batch."""
+        size = self.config.batch_size
+        for start in range(0, len(self.eval_rows), size):
+            yield self._batch(list(range(start, min(start + size, len(self.eval_rows)))), self.eval_rows)
 
     def row_length(self, row: dict[str, Any]) -> int:
         return row_length(row)
@@ -261,8 +271,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         losses, weights = [], []
-        for start in range(0, len(self.eval_rows), self.config.batch_size):
-            batch = self._batch(list(range(start, min(start + self.config.batch_size, len(self.eval_rows)))), self.eval_rows)
+        for batch in self.eval_batches():
             tokens = int((batch["labels"] != -100).sum())
             losses.append(self.loss(batch).item() * tokens)
             weights.append(tokens)
