@@ -192,7 +192,8 @@ class PPOTrainer(Trainer):
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         own = super()._trainable()
-        own.update({f"value_head.{k}": v for k, v in self.value_head.named_parameters()})
+        head = self.accelerator.unwrap_model(self.value_head)
+        own.update({f"value_head.{k}": v for k, v in head.named_parameters()})
         return own
 
     # -- reference --------------------------------------------------------------------------------
@@ -256,11 +257,11 @@ class PPOTrainer(Trainer):
         return {**batch, "old_logprobs": old_logprobs * mask, "old_values": old_values, "advantages": advantages,
                 "returns": returns, "kl": kl, "rewards": rewards}
 
-    def _update(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _update(self, data: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         settings = self.config.ppo
         size = data["mask"].shape[0]
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl", "entropy")}
-        generator = torch.Generator().manual_seed(self.config.seed + int(data["responses"].sum()))
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + step)  # minibatch order, replayable
         for _ in range(settings.ppo_epochs):
             order = torch.randperm(size, generator=generator)
             for start in range(0, size, settings.mini_batch_size):
@@ -294,9 +295,9 @@ class PPOTrainer(Trainer):
         started = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         batch = rollout_batch([r["ids"] for r in rows], responses, pad, self.loaded.is_encoder_decoder,
-                              getattr(self.model.config, "decoder_start_token_id", None))
+                              getattr(self.loaded.model.config, "decoder_start_token_id", None))
         data = self._prepare_update({k: v.to(self.accelerator.device) for k, v in batch.items()}, scores)
-        update = self._update(data)
+        update = self._update(data, step)
         mask = data["mask"]
         sequence_kl = (data["kl"]).sum(-1)
         record = {
@@ -344,7 +345,8 @@ class PPOTrainer(Trainer):
         self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = get_scheduler(config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total),
                                        num_training_steps=total)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # the value head goes through accelerate too, so its gradients are averaged across processes
+        self.model, self.value_head, self.optimizer = self.accelerator.prepare(self.model, self.value_head, self.optimizer)
         state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0}
         if resume:
             state = self.load_checkpoint()
@@ -402,7 +404,8 @@ class PPOTrainer(Trainer):
             self.tokenizer.save_pretrained(folder)
         else:
             super().save_artifact(model, folder)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}, str(folder / VALUE_HEAD_FILE))
+        head = self.accelerator.unwrap_model(self.value_head)
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(folder / VALUE_HEAD_FILE))
 
     def plot(self) -> None:
         from tunelab.training.plot import plot_series
