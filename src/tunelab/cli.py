@@ -130,7 +130,8 @@ def _reward_parser(sub) -> None:
     score.add_argument("--model", required=True, help="reward model or classifier folder (tunelab train output)")
     score.add_argument("--texts", required=True, type=Path,
                        help="a .txt file (one text per line) or JSONL/CSV rows with 'text' (or 'response') and optional 'prompt'")
-    score.add_argument("--output", choices=["logit", "probability"], default="logit", help="for a classifier: the class's logit or probability")
+    score.add_argument("--output", choices=["logit", "probability", "log_probability"], default="logit",
+                       help="for a classifier: the class's logit, probability or log-probability")
     score.add_argument("--label", help="for a classifier: the class to score (default: the one it rewards)")
     score.add_argument("--out", type=Path, help="also write rows with their reward as JSONL")
     evaluate = actions.add_parser("eval", help="pair accuracy and mean margin on preference pairs")

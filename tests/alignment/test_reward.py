@@ -83,6 +83,8 @@ def test_classifier_learns_and_rewards_its_class(method, tiny_model_dir, labelle
     reward = load_reward(str(result.artifact), output="probability")  # default class: 'neither'
     scores = reward(["", ""], ["Next to the park.", "Take an umbrella then."])
     assert scores[0] > 0.5 > scores[1]
+    log_scores = load_reward(str(result.artifact), output="log_probability")(["", ""], ["Next to the park.", "Take an umbrella then."])
+    torch.testing.assert_close(log_scores, scores.log())
     offensive = load_reward(str(result.artifact), label="offensive")
     logits = offensive(["", ""], ["Next to the park.", "Take an umbrella then."])
     assert logits[1] > logits[0]

@@ -40,7 +40,7 @@ REFERENCE_ADAPTER = "reference"
 @dataclass
 class PPOSettings:
     reward: str = field(default="", metadata={"help": "Reward: a reward model or classifier folder (tunelab train output), or module:function taking (prompts, responses)."})
-    reward_output: str = field(default="logit", metadata={"help": "For a classifier: the reward is the chosen class's logit or probability."})
+    reward_output: str = field(default="logit", metadata={"help": "For a classifier: the reward is the chosen class's logit, probability or log_probability (the last focuses on the texts the classifier doubts)."})
     reward_label: str | None = field(default=None, metadata={"help": "For a classifier: the rewarded class (default: the one it was trained to reward, e.g. 'neither')."})
     normalize_reward: bool = field(default=False, metadata={"help": "Scale scores by a running mean/std before the KL penalty."})
     length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token (0 = none)."})

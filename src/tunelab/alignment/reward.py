@@ -277,8 +277,8 @@ class ModelScorer:
         label = label or self.meta.get("reward_label") or self.labels[0]
         if label not in self.labels:
             raise TunelabError(f"{self.folder}: no class '{label}'; classes: {', '.join(self.labels)}")
-        if output not in ("logit", "probability"):
-            raise TunelabError(f"reward output must be 'logit' or 'probability', not '{output}'")
+        if output not in ("logit", "probability", "log_probability"):
+            raise TunelabError(f"reward output must be 'logit', 'probability' or 'log_probability', not '{output}'")
         self.label_index, self.output, self.batch_size = self.labels.index(label), output, batch_size
         self.max_length = int(self.meta.get("max_length", 512))
 
@@ -304,6 +304,8 @@ class ModelScorer:
         logits = self.logits(prompts, responses)
         if self.output == "probability":
             return logits.softmax(-1)[:, self.label_index]
+        if self.output == "log_probability":
+            return logits.log_softmax(-1)[:, self.label_index]
         return logits[:, self.label_index]
 
 

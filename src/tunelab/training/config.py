@@ -156,7 +156,7 @@ def validate(config: TrainConfig) -> None:
         (0 <= config.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
         (config.dpo.loss_type in ("sigmoid", "ipo"), "dpo.loss_type must be sigmoid or ipo"),
         (config.dpo.beta > 0, "dpo.beta must be > 0"),
-        (config.ppo.reward_output in ("logit", "probability"), "ppo.reward_output must be logit or probability"),
+        (config.ppo.reward_output in ("logit", "probability", "log_probability"), "ppo.reward_output must be logit, probability or log_probability"),
         (config.ppo.kl_estimator in ("k1", "k3"), "ppo.kl_estimator must be k1 or k3"),
         (config.stage != "ppo" or bool(config.ppo.reward), "stage ppo needs ppo.reward (a reward model or classifier folder, or module:function)"),
     ]
