@@ -376,8 +376,8 @@ class Trainer:
     def _finish(self, state: dict[str, Any]) -> TrainResult:
         artifact = self.output_dir / "final"
         summary: dict[str, Any] = {}
-        if self.eval_rows:
-            metrics = self.evaluate()
+        metrics = self.evaluate() if self.eval_rows else {}
+        if metrics:  # (PPO's held-out evaluation generates, and is logged by PPO itself)
             self.log({"step": state["step"], **metrics})
             summary.update(metrics)
         if self.accelerator.is_main_process:
