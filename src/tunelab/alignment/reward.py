@@ -87,7 +87,8 @@ def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
 
 
 class _HeadTrainer(Trainer):
-    """Shared by both trainers: a classification head instead of the LM head."""
+    """Shared by both trainers: a classification head instead of the LM head. Each
+    subclass says, in ``meta()``, how its artifact scores text."""
 
     labels: list[str]
 
@@ -101,9 +102,6 @@ class _HeadTrainer(Trainer):
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-
-    def meta(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     def save_artifact(self, model: Any, folder: Path) -> None:
         super().save_artifact(model, folder)
