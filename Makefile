@@ -19,7 +19,9 @@ demo: setup
 	$(BIN)/tunelab demo
 
 # All tests, the few slow ones on the real default model included.
+# The labeling app's browser test drives Debian's Chromium, installed here if missing.
 test: setup
+	bash scripts/install-chromium.sh
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 # Only the fast tests (tiny random models, seconds).

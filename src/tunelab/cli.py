@@ -142,6 +142,50 @@ def _reward_parser(sub) -> None:
     evaluate.add_argument("--out", type=Path, help="write the metrics as JSON")
 
 
+def _label_parser(sub) -> None:
+    from tunelab.generation.settings import GenerationSettings
+
+    p = sub.add_parser("label", help="human feedback: generate completions, rank them in a browser, export preference pairs")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    prepare = actions.add_parser("prepare", help="add prompts with k completions each to a labeling database")
+    prepare.add_argument("--db", required=True, type=Path, help="the SQLite labeling database (created if new)")
+    source = prepare.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", type=Path, help="JSONL/CSV rows with 'prompt' (and optional 'id'): generate completions with --model")
+    source.add_argument("--completions", type=Path, help="JSONL rows {'prompt': ..., 'completions': [...]} made elsewhere")
+    prepare.add_argument("--model", help="model to sample completions from (a name, a folder or a hub id)")
+    prepare.add_argument("--adapter", help="a trained adapter folder to apply to --model")
+    prepare.add_argument("--k", type=int, default=4, help="completions per prompt (default: 4)")
+    prepare.add_argument("--criterion", help="what labelers rank by, shown above every prompt (stored in the database)")
+    prepare.add_argument("--labels-per-prompt", type=int, help="how many labelers judge each prompt (default: 3)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sampling = prepare.add_argument_group("sampling (with --prompts)")
+    sampling.add_argument("--max-new-tokens", type=int, default=128, help="most new tokens per completion (default: 128)")
+    sampling.add_argument("--temperature", type=float, default=0.9, help="sampling temperature (default: 0.9)")
+    sampling.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
+    sampling.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default: 0)")
+    sampling.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size, help="sequences per batch")
+    sampling.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    serve = actions.add_parser("serve", help="run the labeling web app")
+    serve.add_argument("--db", required=True, type=Path, help="the labeling database")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    users = actions.add_parser("users", help="labelers and admins")
+    user_actions = users.add_subparsers(dest="user_action", metavar="ACTION", required=True)
+    add = user_actions.add_parser("add", help="create a user and print their personal token (shown once)")
+    add.add_argument("name", help="the user's name")
+    add.add_argument("--db", required=True, type=Path, help="the labeling database")
+    add.add_argument("--admin", action="store_true", help="an admin sees progress and agreement")
+    listing = user_actions.add_parser("list", help="list users")
+    listing.add_argument("--db", required=True, type=Path, help="the labeling database")
+    status = actions.add_parser("status", help="progress and inter-labeler agreement")
+    status.add_argument("--db", required=True, type=Path, help="the labeling database")
+    status.add_argument("--out", type=Path, help="also write the full report (per prompt, per labeler) as JSON")
+    export = actions.add_parser("export", help="write preference pairs (and rankings) for `tunelab train` stage reward/dpo")
+    export.add_argument("--db", required=True, type=Path, help="the labeling database")
+    export.add_argument("--out", required=True, type=Path, help="pairs JSONL: prompt, chosen, rejected, margin, id")
+    export.add_argument("--rankings", type=Path, help="also write the rankings JSONL (prompt, completions, ranks, id)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -157,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _benchmark_parser(sub)
     _forgetting_parser(sub)
     _reward_parser(sub)
+    _label_parser(sub)
     return parser
 
 
@@ -308,9 +353,66 @@ def cmd_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    import json
+
+    if args.action == "prepare":
+        from tunelab.feedback.prepare import prepare
+        from tunelab.generation.settings import GenerationSettings
+
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
+                                      top_p=args.top_p, top_k=args.top_k, batch_size=args.batch_size, seed=args.seed)
+        count = prepare(args.db, prompts=args.prompts, completions=args.completions, model=args.model, adapter=args.adapter,
+                        k=args.k, settings=settings, criterion=args.criterion, labels_per_prompt=args.labels_per_prompt,
+                        progress=not args.no_progress)
+        print(f"added {count} prompts to {args.db}")
+        return 0
+    if args.action == "serve":
+        from tunelab.feedback.app import serve
+
+        print(f"labeling {args.db} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+        serve(args.db, args.host, args.port)
+        return 0
+    if args.action == "export":
+        from tunelab.feedback.export import export
+
+        counts = export(args.db, args.out, args.rankings)
+        print(f"{counts['rankings']} rankings -> {counts['pairs']} pairs in {args.out}"
+              + (f"; rankings in {args.rankings}" if args.rankings else ""))
+        return 0
+    from tunelab.feedback.store import LabelStore
+
+    store = LabelStore(args.db, create=args.action == "users" and args.user_action == "add")
+    try:
+        if args.action == "users" and args.user_action == "add":
+            token = store.add_user(args.name, admin=args.admin)
+            print(f"{'admin' if args.admin else 'labeler'} {args.name}: token {token}\n(shown once; only its hash is stored)")
+        elif args.action == "users":
+            for user in store.users():
+                print("\t".join([str(user.id), user.name] + (["admin"] if user.is_admin else [])))
+        else:
+            from tunelab.feedback.app import _stats
+
+            report = _stats(store)
+            progress = report["progress"]
+            print(f"{progress['judgements']} of {progress['wanted']} judgements; {progress['prompts_complete']} of "
+                  f"{progress['prompts']} prompts complete")
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"agreement {fmt(report['agreement'])}  Kendall tau-b {fmt(report['kendall_tau'])}  "
+                  f"({report['labeler_pairs']} labeler pairs)")
+            for name, row in report["per_labeler"].items():
+                print(f"  {name}: {row['judgements']} judged, agreement {fmt(row['agreement'])}, tau {fmt(row['kendall_tau'])}")
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finally:
+        store.close()
+    return 0
+
+
 COMMANDS = {
     "prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge,
     "benchmark": cmd_benchmark, "forgetting": cmd_forgetting, "reward": cmd_reward,
+    "label": cmd_label,
 }
 
 

@@ -59,7 +59,7 @@ def test_kl_starts_at_zero_and_the_reference_never_changes(method, tiny_model_di
     rows = metrics(trainer)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert rows[-1]["kl"] != pytest.approx(0.0, abs=1e-5)  # the policy moved
-    for key in ("reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length", "generation_seconds", "update_seconds"):
+    for key in ("score", "reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length", "generation_seconds", "update_seconds"):
         assert key in rows[-1]
     after = frozen_reference(trainer)
     assert after.keys() == reference.keys()
@@ -103,14 +103,17 @@ def test_policy_log_probs_ignore_padding(tiny_model, tmp_path):
 
 
 def test_kill_and_resume_gives_the_same_weights(tiny_llama_dir, dialog_file, tmp_path, monkeypatch):
+    """With adaptive KL and reward normalisation, whose running state rides in the checkpoint."""
     target, _ = toy(tiny_llama_dir)
-    straight = PPOTrainer(ppo_config(tiny_llama_dir, dialog_file, tmp_path / "a", steps=6, kl_coef=0.1, adaptive_kl=True),
+    straight = PPOTrainer(ppo_config(tiny_llama_dir, dialog_file, tmp_path / "a", steps=6, kl_coef=0.1, adaptive_kl=True,
+                                     normalize_reward=True),
                           reward=count_reward(target), progress=False)
     straight.config.save_steps = 2
     straight.train()
     expected = straight._trainable()
 
-    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path / "b", steps=6, kl_coef=0.1, adaptive_kl=True)
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path / "b", steps=6, kl_coef=0.1, adaptive_kl=True,
+                        normalize_reward=True)
     config.save_steps = 2
     original = PPOTrainer.ppo_step
 
@@ -126,6 +129,11 @@ def test_kill_and_resume_gives_the_same_weights(tiny_llama_dir, dialog_file, tmp
     resumed = PPOTrainer(config, reward=count_reward(target), progress=False)
     resumed.train(resume=True)
     assert resumed.kl.value == pytest.approx(straight.kl.value)
+    assert resumed.moments.state_dict() == straight.moments.state_dict() and straight.moments.count == 6 * 6
+    logged = metrics(straight)
+    # the log keeps the raw score beside the normalised reward PPO optimised
+    # (counts are >= 0; the first step's normalised rewards have mean 0)
+    assert all(r["score"] >= 0 for r in logged if "score" in r) and logged[0]["reward"] == pytest.approx(0.0, abs=1e-5)
     for name, value in resumed._trainable().items():
         assert torch.equal(value, expected[name]), f"{name} differs after resume"
 

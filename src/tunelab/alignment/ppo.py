@@ -168,13 +168,12 @@ class PPOTrainer(Trainer):
         return model
 
     def _load_reward(self) -> Any:
-        from tunelab.alignment.reward import NormalisedReward, load_reward
+        from tunelab.alignment.reward import load_reward
 
         settings = self.config.ppo
         if not settings.reward:
             raise TunelabError("ppo.reward is not set: give a reward model or classifier folder, or module:function")
-        reward = load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
-        return NormalisedReward(reward) if settings.normalize_reward else reward
+        return load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         """Prompts (token ids and text, references for ROUGE), built as for fine-tuning."""
@@ -230,11 +229,18 @@ class PPOTrainer(Trainer):
         responses = [r or [self.tokenizer.eos_token_id] for r in responses]
         return responses, [o.text for o in outputs], time.perf_counter() - started
 
-    def _score(self, rows: list[dict[str, Any]], texts: list[str], responses: list[list[int]]) -> torch.Tensor:
-        scores = torch.as_tensor(self.reward([r["text"] for r in rows], texts), dtype=torch.float)
+    def _score(self, rows: list[dict[str, Any]], texts: list[str], responses: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw scores, the scores PPO optimises): the latter with the length penalty and,
+        with normalize_reward, scaled by the running mean/std of every score so far (kept
+        in checkpoints, so a resumed run normalises exactly as the first one would)."""
+        raw = torch.as_tensor(self.reward([r["text"] for r in rows], texts), dtype=torch.float)
+        scores = raw
         if self.config.ppo.length_penalty:
             scores = scores - self.config.ppo.length_penalty * torch.tensor([len(r) for r in responses], dtype=torch.float)
-        return scores
+        if self.config.ppo.normalize_reward:
+            self.moments.update(scores)
+            scores = self.moments.normalise(scores).float()
+        return raw, scores
 
     def _logprobs(self, model: Any, batch: dict[str, torch.Tensor], hidden: bool):
         logits, states = policy_outputs(model, batch, self.loaded.is_encoder_decoder, hidden=hidden)
@@ -249,8 +255,6 @@ class PPOTrainer(Trainer):
         with self._as_reference() as reference:
             _, ref_logprobs, _ = self._logprobs(reference, batch, hidden=False)
         kl = L.kl_per_token(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
-        if settings.normalize_reward:
-            self.moments.update(scores)
         rewards = L.token_rewards(scores.to(mask.device), kl, mask, self.kl.value)
         advantages, returns = L.gae(rewards, old_values, mask, settings.gamma, settings.lam)
         advantages = L.masked_whiten(advantages, mask)
@@ -290,7 +294,7 @@ class PPOTrainer(Trainer):
     def ppo_step(self, rows: list[dict[str, Any]], step: int) -> dict[str, float]:
         responses, texts, generation_seconds = self.rollout(rows, step)
         started = time.perf_counter()
-        scores = self._score(rows, texts, responses)
+        raw_scores, scores = self._score(rows, texts, responses)
         scoring_seconds = time.perf_counter() - started
         started = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -301,6 +305,7 @@ class PPOTrainer(Trainer):
         mask = data["mask"]
         sequence_kl = (data["kl"]).sum(-1)
         record = {
+            "score": raw_scores.mean().item(), "score_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
             "reward": scores.mean().item(), "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
             "kl": sequence_kl.mean().item(), "kl_coef": self.kl.value,
             "non_score_reward": (-self.kl.value * sequence_kl).mean().item(),

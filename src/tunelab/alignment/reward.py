@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunelab.alignment.losses import RunningMoments, bradley_terry_loss
+from tunelab.alignment.losses import bradley_terry_loss
 from tunelab.alignment.preferences import load_pairs
 from tunelab.data.loading import BUILTIN_DATASETS, builtin_path, iter_records
 from tunelab.errors import DataError, TunelabError
@@ -378,15 +377,3 @@ def read_texts(path: Path) -> list[dict[str, str]]:
     if not rows:
         raise DataError(f"{path}: no texts")
     return rows
-
-
-class NormalisedReward:
-    """Wraps a reward with running mean/std normalisation (updated on every call)."""
-
-    def __init__(self, reward: RewardFn) -> None:
-        self.reward, self.moments = reward, RunningMoments()
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        values = self.reward(prompts, responses)
-        self.moments.update(values)
-        return self.moments.normalise(values) if math.isfinite(self.moments.std) else values

@@ -1,0 +1,223 @@
+"""The labeling web app: server-rendered pages, a JSON API, a little JavaScript.
+
+Every request needs a labeler's token: as ``Authorization: Bearer TOKEN`` (scripts) or
+in the HttpOnly cookie the sign-in page sets (browsers). Pages escape every prompt and
+completion (Jinja autoescape) and forbid inline scripts by CSP, so a completion holding
+``<script>`` is shown as text. Request bodies need a Content-Length within a bound.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunelab.feedback.agreement import agreement_report
+from tunelab.feedback.store import LabelError, LabelStore, User
+
+HERE = Path(__file__).parent
+COOKIE = "tunelab_label_token"
+MAX_BODY_BYTES = 64 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class Submission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt_id: int = Field(description="The prompt judged.")
+    submission_id: str = Field(description="A fresh UUID per judgement; resend the same one when retrying.")
+    ranks: dict[str, int | None] = Field(description="{completion id: rank (1 = best, equal = tie) or null (not relevant)}.")
+    duration_ms: int | None = Field(default=None, ge=0, description="Time the labeler spent, for QA.")
+
+
+class Revision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ranks: dict[str, int | None]
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies without a Content-Length (411) or over ``limit`` bytes (413)
+    before they are read, so no request can make the server buffer an unbounded body."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
+            if length is None or not length.isdigit():
+                return await JSONResponse({"error": "a request body needs a Content-Length"}, 411)(scope, receive, send)
+            if int(length) > self.limit:
+                return await JSONResponse({"error": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_cookie: bool = False) -> Any:
+    """The ASGI app over one labeling database (which must exist)."""
+    LabelStore(db).close()  # fail now, with a clear message, if the database is missing or too new
+    local = threading.local()
+
+    def store() -> LabelStore:
+        # sqlite3 connections stay in the thread that opened them; FastAPI runs sync
+        # endpoints on a thread pool, so each worker thread keeps its own
+        if getattr(local, "store", None) is None:
+            local.store = LabelStore(db)
+        return local.store
+
+    pages = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
+    app = FastAPI(title="tunelab labeling", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(pages.get_template(name).render(**context), status_code=status)
+
+    def current_user(request: Request) -> User:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
+        user = store().user_for_token(token)
+        if user is None:
+            raise _Unauthorized()
+        return user
+
+    def admin_user(user: User = Depends(current_user)) -> User:
+        if not user.is_admin:
+            raise LabelError("this needs an admin token", 403)
+        return user
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        if request.method in ("POST", "PUT") and request.url.path.startswith("/api/"):
+            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+                return JSONResponse({"error": "send JSON (Content-Type: application/json)"}, 415)
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(request: Request, exc: _Unauthorized) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "sign in: send 'Authorization: Bearer TOKEN' (from `tunelab label users add`)"}, 401)
+        return RedirectResponse("/login", 303)
+
+    @app.exception_handler(LabelError)
+    async def label_error(request: Request, exc: LabelError) -> Response:
+        return JSONResponse({"error": str(exc)}, exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request: {problems}"}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code)
+
+    # -- pages ------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def home(user: User = Depends(current_user)) -> Response:
+        return RedirectResponse("/label", 303)
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_page() -> HTMLResponse:
+        return render("login.html", error=None)
+
+    @app.post("/login")
+    def login(token: str = Form(max_length=200)) -> Response:
+        user = store().user_for_token(token.strip())
+        if user is None:
+            return render("login.html", 401, error="That token is not valid.")
+        response = RedirectResponse("/admin" if user.is_admin else "/label", 303)
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", secure=secure_cookie)
+        return response
+
+    @app.post("/logout")
+    def logout() -> Response:
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @app.get("/label", response_class=HTMLResponse)
+    def label_page(user: User = Depends(current_user)) -> HTMLResponse:
+        labels = store()
+        prompt = labels.next_prompt(user)
+        context = {"user": user, "criterion": labels.settings()["criterion"], "progress": labels.progress(user)}
+        if prompt is None:
+            return render("done.html", **context)
+        return render("label.html", prompt=prompt, completions=_shuffled(prompt, user), submission_id=uuid.uuid4().hex, **context)
+
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin_page(user: User = Depends(admin_user)) -> HTMLResponse:
+        return render("admin.html", user=user, **_stats(store()))
+
+    # -- API --------------------------------------------------------------------------------
+    @app.get("/api/next")
+    def next_prompt(user: User = Depends(current_user)) -> dict[str, Any]:
+        labels = store()
+        prompt = labels.next_prompt(user)
+        return {"criterion": labels.settings()["criterion"], "progress": labels.progress(user),
+                "prompt": None if prompt is None else {**prompt, "completions": _shuffled(prompt, user)}}
+
+    @app.post("/api/judgements")
+    def submit(body: Submission, user: User = Depends(current_user)) -> JSONResponse:
+        stored = store().submit(user, body.prompt_id, body.ranks, body.submission_id, body.duration_ms)
+        return JSONResponse(stored, 200 if stored["duplicate"] else 201)
+
+    @app.get("/api/judgements")
+    def my_judgements(user: User = Depends(current_user)) -> list[dict[str, Any]]:
+        return store().judgements(user=user)
+
+    @app.put("/api/judgements/{prompt_id}")
+    def revise(prompt_id: int, body: Revision, user: User = Depends(current_user)) -> dict[str, Any]:
+        return store().update(user, prompt_id, body.ranks)
+
+    @app.get("/api/progress")
+    def progress(user: User = Depends(current_user)) -> dict[str, int]:
+        return store().progress(user)
+
+    @app.get("/api/admin/stats")
+    def stats(user: User = Depends(admin_user)) -> dict[str, Any]:
+        return _stats(store())
+
+    return BodyLimit(app, max_body_bytes)
+
+
+def _shuffled(prompt: dict[str, Any], user: User) -> list[dict[str, Any]]:
+    """The completions in an order of their own for each labeler (so position is no cue
+    and labelers' position biases don't line up); stable across reloads."""
+    completions = list(prompt["completions"])
+    random.Random(f"{user.id}:{prompt['id']}").shuffle(completions)
+    return completions
+
+
+def _stats(labels: LabelStore) -> dict[str, Any]:
+    names = {u.id: u.name for u in labels.users()}
+    report = agreement_report(labels.judgements(), names)
+    return {"progress": labels.progress(), "labels_per_prompt": labels.labels_per_prompt, **report}
+
+
+def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tunelab label serve: listening on {host}, beyond this machine; tokens travel in clear text "
+              "unless a TLS proxy fronts the app")
+    uvicorn.run(create_app(db), host=host, port=port, log_level="warning")
