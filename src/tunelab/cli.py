@@ -186,6 +186,23 @@ def _label_parser(sub) -> None:
     export.add_argument("--rankings", type=Path, help="also write the rankings JSONL (prompt, completions, ranks, id)")
 
 
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible API over a model and its adapters, chosen per request")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: a name, a folder or a hub id (default: smollm2-135m-instruct)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="an adapter tunelab trained (LoRA, IA3, prompt/prefix tuning, bottleneck, selective), served as model NAME. Repeatable.")
+    p.add_argument("--adapter-dir", type=Path, help="the only directory the admin API may load adapters from")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", action="append", default=[], help="require this key (Authorization: Bearer KEY); repeatable. "
+                   "Also read from TUNELAB_API_KEYS (comma-separated)")
+    p.add_argument("--admin-token", help="enable /admin/adapters with this token (or TUNELAB_ADMIN_TOKEN)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="most requests generated together (default: 16)")
+    p.add_argument("--max-queue", type=int, default=256, help="most waiting requests; more get 429 (default: 256)")
+    p.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask (default: 512)")
+    p.add_argument("--dtype", default="auto", help="weights dtype: auto, float32, bfloat16, float16 (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -202,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _forgetting_parser(sub)
     _reward_parser(sub)
     _label_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -409,10 +427,28 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from tunelab.serving.app import ServerSettings, build_server, serve
+
+    keys = tuple(args.api_key) + tuple(k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip())
+    settings = ServerSettings(api_keys=keys, admin_token=args.admin_token or os.environ.get("TUNELAB_ADMIN_TOKEN") or None,
+                              max_tokens_limit=args.max_tokens_limit, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
+    app = build_server(args.model, args.adapter, adapter_dir=args.adapter_dir, settings=settings, dtype=args.dtype)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        print(f"tunelab serve: warning: listening on {args.host} with no API key; anyone who can reach it can use it",
+              file=sys.stderr)
+    print(f"serving {args.model} as 'base'" + "".join(f", {a.split('=')[0]}" for a in args.adapter)
+          + f" at http://{args.host}:{args.port}/v1 (Ctrl-C stops)")
+    serve(app, args.host, args.port)
+    return 0
+
+
 COMMANDS = {
     "prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge,
     "benchmark": cmd_benchmark, "forgetting": cmd_forgetting, "reward": cmd_reward,
-    "label": cmd_label,
+    "label": cmd_label, "serve": cmd_serve,
 }
 
 

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.feedback.agreement import agreement_report
 from tunelab.feedback.store import LabelError, LabelStore, User
+from tunelab.web import BodyLimit
 
 HERE = Path(__file__).parent
 COOKIE = "tunelab_label_token"
@@ -51,24 +52,6 @@ class Revision(BaseModel):
 
 class _Unauthorized(Exception):
     pass
-
-
-class BodyLimit:
-    """Refuse request bodies without a Content-Length (411) or over ``limit`` bytes (413)
-    before they are read, so no request can make the server buffer an unbounded body."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length")
-            if length is None or not length.isdigit():
-                return await JSONResponse({"error": "a request body needs a Content-Length"}, 411)(scope, receive, send)
-            if int(length) > self.limit:
-                return await JSONResponse({"error": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
-        await self.app(scope, receive, send)
 
 
 def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_cookie: bool = False) -> Any:

@@ -15,7 +15,7 @@ counts those. The logits processors for sampling are transformers' own.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ class Generation:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
+    finish_reason: str  # "stop" (end of sequence or a stop string), "length", or "cancelled" (on_token said stop)
     eos_token_id: int | None = None  # the end-of-sequence token that ended it (not in token_ids)
 
 
@@ -74,7 +74,13 @@ def generate_from_ids(
     *,
     progress: bool = True,
     desc: str = "generating",
+    max_new_tokens: Sequence[int] | None = None,
+    on_token: Callable[[int, int], bool] | None = None,
 ) -> list[Generation]:
+    """Generate from token ids. ``max_new_tokens`` gives each prompt its own limit (at most
+    ``settings.max_new_tokens``). ``on_token(prompt index, token id)`` is called for every
+    new token as it is chosen (streaming); when it returns False that prompt stops at
+    once (finish reason "cancelled") and leaves the batch."""
     if any(len(ids) == 0 for ids in prompt_ids):
         raise TunelabError("cannot generate from an empty prompt")
     longest = max((len(ids) for ids in prompt_ids), default=0) + settings.max_new_tokens
@@ -102,7 +108,9 @@ def generate_from_ids(
             decoder = decoder_class(
                 model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens
             )
-            outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator)
+            limits = [max_new_tokens[i] for i in rows] if max_new_tokens is not None else None
+            callback = (lambda j, token, rows=rows: on_token(rows[j], token)) if on_token is not None else None
+            outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits, callback)
             for row, (tokens, reason, eos) in zip(rows, outputs):
                 results[row] = Generation(_to_text(tokenizer, tokens, settings.stop), tokens, reason, eos)
                 new_tokens += len(tokens)
@@ -155,9 +163,12 @@ def _logits_processors(settings: GenerationSettings):
     return processors
 
 
-def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> list[tuple[list[int], str, int | None]]:
-    """The decoding loop shared by both architectures; ``decoder`` hides the difference."""
+def _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits=None, on_token=None
+            ) -> list[tuple[list[int], str, int | None]]:
+    """The decoding loop shared by both architectures; ``decoder`` hides the difference.
+    ``limits``: per-row new-token limits; ``on_token(row, token)``: see generate_from_ids."""
     size = decoder.size
+    limits = limits or [settings.max_new_tokens] * size
     tokens: list[list[int]] = [[] for _ in range(size)]
     reasons = ["length"] * size
     ended_by: list[int | None] = [None] * size
@@ -177,9 +188,14 @@ def _decode(decoder, settings, processors, eos_ids, tokenizer, generator) -> lis
                 reasons[row], ended_by[row] = "stop", token
                 continue
             tokens[row].append(token)
+            if on_token is not None and not on_token(row, token):
+                reasons[row] = "cancelled"
+                continue
             if settings.stop and _hit_stop(tokenizer, tokens[row], settings.stop):
                 reasons[row] = "stop"
                 continue
+            if len(tokens[row]) >= limits[row]:
+                continue  # its own limit: finish reason stays "length"
             keep.append(j)
         if not keep or step == settings.max_new_tokens - 1:
             break

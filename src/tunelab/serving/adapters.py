@@ -1,0 +1,164 @@
+"""Many adapters over one base model in memory.
+
+Each adapter gets a *view* of the base: a copy of the module tree whose parameters and
+buffers are the base's own tensors (copy.deepcopy with every tensor in the memo), so a
+view costs Python objects and the adapter's weights, not a second model. The adapter is
+applied to its view as tunelab applies it offline (peft for LoRA, IA3, prompt and prefix
+tuning; tunelab's loader for bottleneck adapters and selective fine-tunes), so switching
+adapters per request is picking a view: nothing is reloaded, merged or unmerged.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.errors import TunelabError
+
+BASE = "base"
+
+
+class AdapterError(TunelabError):
+    """A refused adapter operation; ``status`` is the HTTP status the server answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Adapter:
+    name: str
+    path: Path | None
+    kind: str
+    model: Any  # the view with the adapter applied (the base itself for "base")
+
+
+def shared_view(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model``'s modules that shares every parameter and buffer with it."""
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+def _unshare(view: torch.nn.Module, names: list[str]) -> None:
+    """Give the view private copies of the named parameters, so an artifact that writes
+    into existing weights (a selective fine-tune) changes the view, never the base."""
+    for name in names:
+        module_name, _, leaf = name.rpartition(".")
+        try:
+            module = view.get_submodule(module_name)
+        except AttributeError:
+            continue  # a module the artifact adds (a bottleneck adapter's own layers)
+        if isinstance(getattr(module, leaf, None), torch.nn.Parameter):
+            setattr(module, leaf, torch.nn.Parameter(getattr(module, leaf).detach().clone(), requires_grad=False))
+
+
+def adapter_kind(folder: Path) -> str:
+    """lora, ia3, prompt_tuning, prefix_tuning, ... (peft) or adapter / selective (tunelab)."""
+    import json
+
+    from tunelab.training.methods._common import ARTIFACT_CONFIG
+
+    if (folder / "adapter_config.json").is_file():
+        return str(json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "peft")).lower()
+    if (folder / ARTIFACT_CONFIG).is_file():
+        return str(json.loads((folder / ARTIFACT_CONFIG).read_text()).get("method", "tunelab"))
+    raise AdapterError(f"{folder} is not an adapter folder (no adapter_config.json or {ARTIFACT_CONFIG})")
+
+
+def resolve_inside(path: str | Path, root: Path) -> Path:
+    """``path`` (relative to ``root``, or absolute) resolved with symlinks followed; it must
+    stay inside ``root``: no '..' and no symlink out."""
+    root = root.resolve()
+    candidate = Path(path)
+    if ".." in candidate.parts:
+        raise AdapterError(f"adapter path {path!s} contains '..'", 403)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise AdapterError(f"adapter path {path!s} resolves outside the allowed directory {root}", 403)
+    if not resolved.is_dir():
+        raise AdapterError(f"no adapter folder at {path!s} inside {root}", 404)
+    return resolved
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Weights only from safetensors: a folder with pickled weights alone is refused."""
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        raise AdapterError(f"{folder}: no .safetensors weights" + (f" (pickled {pickles} are never loaded)" if pickles else ""), 422)
+
+
+class AdapterSet:
+    """The base model and its named adapters. Thread-safe: the server's batch worker
+    reads while the admin endpoint adds or removes."""
+
+    def __init__(self, model: Any, *, allowed_dir: str | Path | None = None) -> None:
+        self.base = model.eval()
+        self.allowed_dir = None if allowed_dir is None else Path(allowed_dir).resolve()
+        self._adapters: dict[str, Adapter] = {BASE: Adapter(BASE, None, "base", self.base)}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._adapters)
+
+    def describe(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"name": a.name, "kind": a.kind, "path": None if a.path is None else str(a.path)} for a in self._adapters.values()]
+
+    def get(self, name: str) -> Adapter:
+        with self._lock:
+            adapter = self._adapters.get(name)
+        if adapter is None:
+            raise AdapterError(f"the model '{name}' does not exist; available: {', '.join(self.names())}", 404)
+        return adapter
+
+    def add(self, name: str, path: str | Path, *, trusted: bool = False) -> Adapter:
+        """Load an adapter under ``name``. Paths from the admin API (``trusted=False``)
+        must resolve inside the allowed directory; the operator's command line is trusted."""
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(name) > 64:
+            raise AdapterError("an adapter name is 1-64 letters, digits, '-', '_' or '.'", 422)
+        if name in self.names():
+            raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
+        if trusted:
+            folder = Path(path).resolve()
+            if not folder.is_dir():
+                raise AdapterError(f"no adapter folder at {path}", 404)
+        else:
+            if self.allowed_dir is None:
+                raise AdapterError("loading adapters at run time is off: start the server with --adapter-dir", 403)
+            folder = resolve_inside(path, self.allowed_dir)
+        _check_safetensors(folder)
+        kind = adapter_kind(folder)
+        view = shared_view(self.base)
+        if kind in ("selective", "adapter"):
+            from tunelab.training.methods._common import read_artifact
+
+            _unshare(view, list(read_artifact(folder)[1]))
+        from tunelab.training.methods import load_artifact
+
+        try:
+            model = load_artifact(view, folder).eval()
+        except TunelabError as exc:
+            raise AdapterError(str(exc), 422) from None
+        except (ValueError, KeyError, RuntimeError) as exc:  # peft's errors for an adapter of another base
+            raise AdapterError(f"{folder}: does not fit this base model: {exc}", 422) from None
+        adapter = Adapter(name, folder, kind, model)
+        with self._lock:
+            if name in self._adapters:
+                raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
+            self._adapters[name] = adapter
+        return adapter
+
+    def remove(self, name: str) -> None:
+        if name == BASE:
+            raise AdapterError("the base model cannot be unloaded", 409)
+        with self._lock:
+            if self._adapters.pop(name, None) is None:
+                raise AdapterError(f"no adapter named '{name}' is loaded", 404)

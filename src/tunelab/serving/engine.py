@@ -1,0 +1,183 @@
+"""Batching for the server: requests wait in a bounded queue; one worker thread takes the
+oldest, gathers every queued request that can share its batch (same adapter, same
+sampling settings; each keeps its own max_tokens), and runs them through tunelab's
+batched generation. Streaming requests get their text as it is made; a cancelled request
+(its client went away) leaves the batch at the next token.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tunelab.generation.batched import Generation, generate_from_ids
+from tunelab.generation.settings import GenerationSettings
+from tunelab.serving.adapters import AdapterSet
+
+
+class QueueFull(Exception):
+    """The request queue is at its bound; the server answers 429."""
+
+
+@dataclass(eq=False)
+class Request:
+    adapter: str
+    prompt_ids: list[int]
+    settings: GenerationSettings  # sampling settings; max_new_tokens is this request's own limit
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    result: Future = field(default_factory=Future)
+
+    def batch_key(self) -> tuple:
+        s = self.settings
+        return (self.adapter, s.do_sample, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.stop, s.seed)
+
+
+class TextDeltas:
+    """Turns a growing token list into text pieces that add up to the final text: holds
+    back an unfinished UTF-8 character, trailing whitespace (the final text is stripped)
+    and anything that could still become a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.hold = max((len(s) for s in stop), default=0)
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd"):
+            return ""
+        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        ready = text.rstrip()
+        if self.hold and cut < 0:
+            ready = ready[: max(len(self.sent), len(ready) - self.hold)]
+        if not ready.startswith(self.sent):
+            return ""  # the tokenizer re-spelled earlier text; the final flush settles it
+        delta, self.sent = ready[len(self.sent) :], ready
+        return delta
+
+    def finish(self, final: str) -> str:
+        return final[len(self.sent) :] if final.startswith(self.sent) else ""
+
+
+class BatchingEngine:
+    """The queue and the worker thread that runs batches on the model."""
+
+    def __init__(self, adapters: AdapterSet, tokenizer: Any, *, max_batch_size: int = 16, max_queue: int = 256,
+                 batch_wait_ms: float = 5.0) -> None:
+        self.adapters, self.tokenizer = adapters, tokenizer
+        self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
+        self.max_queue = max_queue
+        self.queue: queue.Queue[Request] = queue.Queue()  # bounded with `pending` in submit
+        self.pending: deque[Request] = deque()
+        self.seeds = itertools.count(1)
+        self.stats = {"batches": 0, "requests": 0, "tokens": 0, "cancelled": 0}
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="tunelab-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, request: Request) -> Future:
+        if self.waiting >= self.max_queue:
+            raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting); retry later")
+        self.queue.put_nowait(request)
+        return request.result
+
+    def close(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=30)
+
+    @property
+    def waiting(self) -> int:
+        return self.queue.qsize() + len(self.pending)
+
+    # -- the worker -------------------------------------------------------------------------
+    def _gather(self) -> None:
+        """Move queued requests to ``pending``: block for the first, then wait a few
+        milliseconds for companions (concurrent clients arrive together)."""
+        if not self.pending:
+            try:
+                self.pending.append(self.queue.get(timeout=0.2))
+            except queue.Empty:
+                return
+        deadline = time.monotonic() + self.batch_wait
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self.pending.append(self.queue.get(timeout=max(remaining, 0)) if remaining > 0 else self.queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _next_batch(self) -> list[Request]:
+        """The oldest request and every pending one that can share its batch."""
+        for request in [r for r in self.pending if r.cancelled.is_set()]:
+            self.pending.remove(request)
+            self.stats["cancelled"] += 1
+            request.result.cancel()
+        if not self.pending:
+            return []
+        key = self.pending[0].batch_key()
+        batch = [r for r in self.pending if r.batch_key() == key][: self.max_batch_size]
+        for request in batch:
+            self.pending.remove(request)
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._gather()
+            batch = self._next_batch()
+            if batch:
+                self._generate(batch)
+
+    def _generate(self, batch: list[Request]) -> None:
+        for request in batch:
+            request.result.set_running_or_notify_cancel()
+        try:
+            model = self.adapters.get(batch[0].adapter).model
+            settings = batch[0].settings
+            if settings.do_sample and settings.seed < 0:  # no seed asked for: a fresh one per batch
+                settings = replace(settings, seed=next(self.seeds))
+            settings = replace(settings, max_new_tokens=max(r.settings.max_new_tokens for r in batch), batch_size=len(batch))
+            deltas = [TextDeltas(self.tokenizer, settings.stop) if r.on_text else None for r in batch]
+
+            def on_token(row: int, token: int) -> bool:
+                request = batch[row]
+                if request.cancelled.is_set():
+                    return False
+                if deltas[row] is not None:
+                    piece = deltas[row].push(token)
+                    if piece:
+                        request.on_text(piece)
+                return True
+
+            outputs = generate_from_ids(model, self.tokenizer, [r.prompt_ids for r in batch], settings, progress=False,
+                                        max_new_tokens=[r.settings.max_new_tokens for r in batch], on_token=on_token)
+        except Exception as exc:  # noqa: BLE001 - every waiting client must hear of it
+            for request in batch:
+                request.result.set_exception(exc)
+            return
+        self.stats["batches"] += 1
+        for request, output, delta in zip(batch, outputs, deltas):
+            self.stats["requests"] += 1
+            self.stats["cancelled"] += output.finish_reason == "cancelled"
+            self.stats["tokens"] += len(output.token_ids)
+            if delta is not None and output.finish_reason != "cancelled":
+                rest = delta.finish(output.text)
+                if rest:
+                    request.on_text(rest)
+            request.result.set_result(output)
+
+
+def finish_reason(output: Generation) -> str:
+    """OpenAI's names: 'stop' (end of sequence or a stop string) or 'length'."""
+    return "length" if output.finish_reason == "length" else "stop"

@@ -1,0 +1,77 @@
+"""Adapters over one base: views share the base's tensors, and each view gives the same
+outputs as the adapter loaded offline; paths stay inside the allowed directory."""
+
+import os
+
+import pytest
+import torch
+
+from tests.serving.conftest import KINDS, make_pool
+from tunelab.models import load_model
+from tunelab.serving.adapters import AdapterError, AdapterSet, shared_view
+from tunelab.training.methods import load_artifact
+
+
+def test_every_kind_shares_the_base_and_matches_offline(arch, model_dir, trained_adapters):
+    loaded, pool = make_pool(model_dir, trained_adapters[arch])
+    base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    storage = {p.data_ptr() for p in loaded.model.parameters()}
+    ids = loaded.tokenizer("Where should we meet tomorrow?", return_tensors="pt")["input_ids"]
+    extra = {"decoder_input_ids": torch.zeros_like(ids[:, :1])} if loaded.is_encoder_decoder else {}
+    with torch.no_grad():
+        base_logits = loaded.model(input_ids=ids, **extra).logits
+        for kind in KINDS:
+            view = pool.get(kind).model
+            shared = {p.data_ptr() for p in view.parameters()} & storage
+            # every base tensor is shared, except a selective fine-tune's own copies
+            assert len(shared) >= len(storage) - (len(storage) // 2 if kind == "selective" else 0), kind
+            offline = load_artifact(load_model(str(model_dir), device="cpu").model, trained_adapters[arch][kind])
+            served = view(input_ids=ids, **extra).logits
+            assert torch.allclose(served, offline(input_ids=ids, **extra).logits, atol=1e-5), kind
+            served = served[:, -base_logits.shape[1] :]  # a causal prompt-tuning model adds its virtual tokens' logits
+            assert not torch.allclose(served, base_logits, atol=1e-4), f"{kind} changes nothing"
+    for name, parameter in loaded.model.named_parameters():  # loading never wrote into the base
+        assert torch.equal(parameter, base[name]), name
+    with torch.no_grad():
+        assert torch.equal(pool.get("base").model(input_ids=ids, **extra).logits, base_logits)
+
+
+def test_shared_view_costs_no_weights(tiny_llama_dir):
+    model = load_model(str(tiny_llama_dir), device="cpu").model
+    view = shared_view(model)
+    assert view is not model and all(a is b for a, b in zip(view.parameters(), model.parameters()))
+    assert view.get_output_embeddings().weight is view.get_input_embeddings().weight or not model.config.tie_word_embeddings
+
+
+def test_paths_stay_inside_the_allowed_directory(tiny_llama_dir, trained_adapters, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    lora = trained_adapters["llama"]["lora"]
+    os.symlink(lora, allowed / "escape")  # a link out of the allowed directory
+    (allowed / "inside").mkdir()
+    for f in lora.iterdir():
+        (allowed / "inside" / f.name).write_bytes(f.read_bytes())
+    pickled = allowed / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text((lora / "adapter_config.json").read_text())
+    torch.save({}, pickled / "adapter_model.bin")
+    pool = AdapterSet(load_model(str(tiny_llama_dir), device="cpu").model, allowed_dir=allowed)
+    assert pool.add("ok", "inside").kind == "lora"
+    for path, status, message in [("../allowed/inside", 403, "'..'"), ("escape", 403, "outside"), (str(lora), 403, "outside"),
+                                  ("missing", 404, "no adapter folder"), ("pickled", 422, "never loaded")]:
+        with pytest.raises(AdapterError, match=message) as caught:
+            pool.add("x", path)
+        assert caught.value.status == status
+    with pytest.raises(AdapterError, match="already loaded"):
+        pool.add("ok", "inside")
+    with pytest.raises(AdapterError, match="letters"):
+        pool.add("bad name!", "inside")
+    pool.remove("ok")
+    with pytest.raises(AdapterError, match="does not exist; available: base") as caught:
+        pool.get("ok")
+    assert caught.value.status == 404
+    with pytest.raises(AdapterError, match="cannot be unloaded"):
+        pool.remove("base")
+    closed = AdapterSet(load_model(str(tiny_llama_dir), device="cpu").model)
+    with pytest.raises(AdapterError, match="--adapter-dir"):
+        closed.add("x", "inside")
