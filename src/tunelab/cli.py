@@ -169,6 +169,7 @@ def _label_parser(sub) -> None:
     serve.add_argument("--db", required=True, type=Path, help="the labeling database")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--secure-cookie", action="store_true", help="mark the sign-in cookie Secure (behind an HTTPS proxy)")
     users = actions.add_parser("users", help="labelers and admins")
     user_actions = users.add_subparsers(dest="user_action", metavar="ACTION", required=True)
     add = user_actions.add_parser("add", help="create a user and print their personal token (shown once)")
@@ -389,7 +390,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         from tunelab.feedback.app import serve
 
         print(f"labeling {args.db} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
-        serve(args.db, args.host, args.port)
+        serve(args.db, args.host, args.port, secure_cookie=args.secure_cookie)
         return 0
     if args.action == "export":
         from tunelab.feedback.export import export

@@ -66,6 +66,8 @@ def test_label_flow_and_progress(client, tokens):
     assert client.get("/api/judgements", headers=auth(tokens["bob"])).json() == []
     revised = client.put(f"/api/judgements/{prompt['id']}", headers=auth(tokens["bob"]), json={"ranks": ranking(prompt)})
     assert revised.status_code == 404
+    huge = client.put(f"/api/judgements/{10**30}", headers=auth(tokens["ann"]), json={"ranks": ranking(prompt)})
+    assert huge.status_code == 422
     revised = client.put(f"/api/judgements/{prompt['id']}", headers=auth(tokens["ann"]), json={"ranks": ranking(prompt)})
     assert revised.status_code == 200 and revised.json()["ranks"] == ranking(prompt)
     # the next prompt for ann is another one
@@ -83,7 +85,7 @@ def test_completion_order_is_shuffled_per_labeler_and_stable(client, tokens, db)
         assert sorted(c["id"] for c in answer["completions"]) == sorted(c["id"] for c in store.prompt(answer["id"])["completions"])
         if answer["id"] == 1:
             orders.add(tuple(c["id"] for c in answer["completions"]))
-    assert len(orders) > 1 or orders != {tuple(stored)}
+    assert orders and (len(orders) > 1 or orders != {tuple(stored)})
 
 
 def test_html_in_completions_is_shown_as_text(client, tokens):
@@ -100,6 +102,14 @@ def test_html_in_completions_is_shown_as_text(client, tokens):
     ({"prompt_id": 1, "ranks": {}}, 422, "submission_id"),
     ({"prompt_id": 99, "submission_id": "abcdefgh", "ranks": {}}, 404, "no prompt 99"),
     ({"prompt_id": 1, "submission_id": "short", "ranks": {"1": 1, "2": 2, "3": 3, "4": 4}}, 422, "8-64"),
+    # strict ranks: a string, a float or a boolean is not a rank
+    ({"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {"1": "1", "2": 2, "3": 3, "4": 4}}, 422, "ranks.1"),
+    ({"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {"1": 1.0, "2": 2, "3": 3, "4": 4}}, 422, "ranks.1"),
+    ({"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {"1": True, "2": 2, "3": 3, "4": 4}}, 422, "ranks.1"),
+    # '01' is not a way of writing completion 1
+    ({"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {"1": 1, "01": 2, "2": 2, "3": 3, "4": 4}}, 422, "completion ids"),
+    ({"prompt_id": 10**30, "submission_id": "abcdefgh", "ranks": {}}, 422, "prompt_id"),
+    ({"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {"1": 1, "2": 2, "3": 3, "4": 4}, "duration_ms": 10**30}, 422, "duration_ms"),
 ])
 def test_bad_submissions_get_a_clear_4xx(client, tokens, body, status, message):
     answer = client.post("/api/judgements", headers=auth(tokens["ann"]), json=body)

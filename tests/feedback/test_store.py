@@ -107,6 +107,12 @@ def test_bad_rankings_are_refused(db, tokens, ranks, message):
     assert store.judgements() == []
 
 
+def test_empty_completions_are_refused(db):
+    store = LabelStore(db)
+    with pytest.raises(LabelError, match="empty"):
+        store.add_prompt("p", ["fine", "  "])
+
+
 def test_users_and_tokens(db):
     store = LabelStore(db)
     token = store.add_user("dee")

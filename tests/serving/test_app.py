@@ -101,12 +101,13 @@ def test_streaming_agrees_with_non_streaming(live, arch):
 def test_stop_strings_n_and_seed(live, arch):
     base = {"model": "base", "prompt": PROMPTS[0], "max_tokens": 16}
     greedy = complete(live.url, **base).json()["choices"][0]["text"]
-    if len(greedy) > 4:
-        stop = greedy[2:4]
-        cut = complete(live.url, **base, stop=stop).json()["choices"][0]
-        assert cut["finish_reason"] == "stop" and stop not in cut["text"] and greedy.startswith(cut["text"])
+    assert len(greedy) > 4, greedy
+    stop = greedy[2:4]
+    cut = complete(live.url, **base, stop=stop).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and stop not in cut["text"] and greedy.startswith(cut["text"])
     sampled = httpx.post(f"{live.url}/v1/completions", json={**base, "temperature": 1.0, "n": 3, "seed": 7}, timeout=60).json()
     assert [c["index"] for c in sampled["choices"]] == [0, 1, 2]
+    assert len({c["text"] for c in sampled["choices"]}) > 1  # n samples, not one copied
     again = httpx.post(f"{live.url}/v1/completions", json={**base, "temperature": 1.0, "n": 3, "seed": 7}, timeout=60).json()
     assert [c["text"] for c in again["choices"]] == [c["text"] for c in sampled["choices"]]  # a seed repeats
 
@@ -148,6 +149,8 @@ def test_bad_inputs_get_openai_errors(live):
         (dict(content=b"[]", headers={"Content-Type": "application/json"}), 400, ""),
         (dict(content=b"{}", headers={"Content-Type": "text/plain"}), 415, "JSON"),
         (dict(json={"model": "base", "prompt": "x" * 2_000_000}), 413, "over"),
+        (dict(json={"model": "base", "prompt": "hi", "temperature": 1, "seed": 10**30}), 400, "seed"),
+        (dict(json={"model": "base", "prompt": "hi", "n": 1000}), 400, "n"),
     ]
     for kwargs, status, message in cases:
         answer = httpx.post(url, timeout=30, **kwargs)
@@ -172,6 +175,11 @@ def test_admin_loads_and_unloads_from_the_allowed_dir_only(live, trained_adapter
     assert httpx.post(live.url + "/admin/adapters", json={"name": "mine", "path": "mine"}, headers={"Authorization": "Bearer x"}).status_code == 401
     escape = httpx.post(live.url + "/admin/adapters", json={"name": "out", "path": str(lora)}, headers=admin)
     assert escape.status_code == 403 and "outside the allowed directory" in escape.json()["error"]["message"]
+    (tmp_path / "broken").mkdir()  # a config that is not JSON: 422, not a crash
+    (tmp_path / "broken" / "adapter_config.json").write_text("{not json")
+    (tmp_path / "broken" / "adapter_model.safetensors").write_bytes(b"junk")
+    broken = httpx.post(live.url + "/admin/adapters", json={"name": "broken", "path": "broken"}, headers=admin)
+    assert broken.status_code == 422 and "cannot be loaded" in broken.json()["error"]["message"]
     loaded = httpx.post(live.url + "/admin/adapters", json={"name": "mine", "path": "mine"}, headers=admin, timeout=60)
     assert loaded.status_code == 201 and loaded.json()["kind"] == "lora"
     assert complete(live.url, "mine", PROMPTS[0], max_tokens=6).json()["choices"][0]["text"] == \
@@ -199,14 +207,16 @@ def test_full_queue_is_429_and_a_gone_client_frees_its_slot(live, monkeypatch):
     release = threading.Event()
     original = engine._generate
 
+    entered = threading.Event()
+
     def held(batch):
+        entered.set()
         release.wait(30)
         original(batch)
 
     monkeypatch.setattr(engine, "_generate", held)
     first = ThreadPoolExecutor(1).submit(complete, live.url, "base", PROMPTS[0], max_tokens=2)
-    while engine.waiting + engine.stats["requests"] == 0 and not first.done():
-        pass
+    assert entered.wait(30)  # the worker holds the first request
     full = complete(live.url, "base", PROMPTS, max_tokens=2)  # three more: over the bound of 2
     assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
     release.set()

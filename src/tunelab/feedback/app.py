@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Form, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.feedback.agreement import agreement_report
@@ -27,6 +28,7 @@ from tunelab.feedback.store import LabelError, LabelStore, User
 from tunelab.web import BodyLimit
 
 HERE = Path(__file__).parent
+MAX_ID = 2**63 - 1  # SQLite's INTEGER
 COOKIE = "tunelab_label_token"
 MAX_BODY_BYTES = 64 * 1024
 SECURITY_HEADERS = {
@@ -39,15 +41,16 @@ SECURITY_HEADERS = {
 
 class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt_id: int = Field(description="The prompt judged.")
+    prompt_id: int = Field(ge=1, le=MAX_ID, description="The prompt judged.")
     submission_id: str = Field(description="A fresh UUID per judgement; resend the same one when retrying.")
-    ranks: dict[str, int | None] = Field(description="{completion id: rank (1 = best, equal = tie) or null (not relevant)}.")
-    duration_ms: int | None = Field(default=None, ge=0, description="Time the labeler spent, for QA.")
+    # strict: "1", 1.0 and true are not ranks
+    ranks: dict[str, StrictInt | None] = Field(description="{completion id: rank (1 = best, equal = tie) or null (not relevant)}.")
+    duration_ms: int | None = Field(default=None, ge=0, le=MAX_ID, description="Time the labeler spent, for QA.")
 
 
 class Revision(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ranks: dict[str, int | None]
+    ranks: dict[str, StrictInt | None]
 
 
 class _Unauthorized(Exception):
@@ -169,7 +172,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
         return store().judgements(user=user)
 
     @app.put("/api/judgements/{prompt_id}")
-    def revise(prompt_id: int, body: Revision, user: User = Depends(current_user)) -> dict[str, Any]:
+    def revise(body: Revision, prompt_id: int = PathParam(ge=1, le=MAX_ID), user: User = Depends(current_user)) -> dict[str, Any]:
         return store().update(user, prompt_id, body.ranks)
 
     @app.get("/api/progress")
@@ -197,10 +200,10 @@ def _stats(labels: LabelStore) -> dict[str, Any]:
     return {"progress": labels.progress(), "labels_per_prompt": labels.labels_per_prompt, **report}
 
 
-def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000, *, secure_cookie: bool = False) -> None:
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"tunelab label serve: listening on {host}, beyond this machine; tokens travel in clear text "
-              "unless a TLS proxy fronts the app")
-    uvicorn.run(create_app(db), host=host, port=port, log_level="warning")
+              "unless a TLS proxy fronts the app (then pass --secure-cookie)")
+    uvicorn.run(create_app(db, secure_cookie=secure_cookie), host=host, port=port, log_level="warning")

@@ -4,6 +4,7 @@ completions made elsewhere."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,15 @@ def prepare(db: str | Path, *, prompts: str | Path | None = None, completions: s
             loaded = load_for_inference(model, adapter)
             generated = sample_completions(loaded, [r["prompt"] for r in rows], k, settings, progress=progress)
             for row, texts in zip(rows, generated):
-                row["completions"] = texts
+                # an empty or repeated sample gives a labeler nothing to rank
+                row["completions"] = list(dict.fromkeys(t for t in texts if t.strip()))
             origin = {"model": model, "adapter": adapter, "k": k, "generation": dataclasses.asdict(settings)}
-        for row in rows:
+        kept = [r for r in rows if len(r["completions"]) >= 2]
+        if len(kept) < len(rows):
+            print(f"tunelab label prepare: skipped {len(rows) - len(kept)} prompt(s) left with fewer than 2 distinct "
+                  "non-empty completions", file=sys.stderr)
+        for row in kept:
             store.add_prompt(row["prompt"], row["completions"], source_id=row["id"], origin=origin)
-        return len(rows)
+        return len(kept)
     finally:
         store.close()

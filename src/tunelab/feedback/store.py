@@ -178,6 +178,8 @@ class LabelStore:
             raise LabelError("empty prompt")
         if len(completions) < 2:
             raise LabelError("a prompt needs at least 2 completions to rank")
+        if any(not isinstance(c, str) or not c.strip() for c in completions):
+            raise LabelError("a completion is empty")
         with transaction(self.db):
             cursor = self.db.execute("INSERT INTO prompts (text, source_id, origin, created_at) VALUES (?, ?, ?, ?)",
                                      (text, source_id, json.dumps(origin) if origin else None, time.time()))
@@ -234,10 +236,9 @@ class LabelStore:
         shown = [c["id"] for c in self.prompt(prompt_id)["completions"]]
         if not isinstance(ranks, dict):
             raise LabelError("ranks must be an object {completion id: rank or null}", 422)
-        try:
-            given = {int(k): v for k, v in ranks.items()}
-        except ValueError:
-            raise LabelError("ranks' keys must be completion ids", 422) from None
+        if not all(isinstance(k, str) and k.isdigit() and str(int(k)) == k for k in ranks):
+            raise LabelError("ranks' keys must be completion ids (as written in the prompt's completions)", 422)
+        given = {int(k): v for k, v in ranks.items()}
         if sorted(given) != sorted(shown):
             missing, extra = sorted(set(shown) - set(given)), sorted(set(given) - set(shown))
             raise LabelError(f"ranks must name each shown completion once: missing {missing}, not shown {extra}", 422)

@@ -48,15 +48,20 @@ def shared_view(model: torch.nn.Module) -> torch.nn.Module:
 
 def _unshare(view: torch.nn.Module, names: list[str]) -> None:
     """Give the view private copies of the named parameters, so an artifact that writes
-    into existing weights (a selective fine-tune) changes the view, never the base."""
+    into existing weights (a selective fine-tune) changes the view, never the base. Every
+    place that holds the same tensor (tied input and output embeddings) gets the same copy."""
+    places: dict[int, list[str]] = {}
+    for name, parameter in view.named_parameters(remove_duplicate=False):
+        places.setdefault(id(parameter), []).append(name)
+    owners = dict(view.named_parameters(remove_duplicate=False))
     for name in names:
-        module_name, _, leaf = name.rpartition(".")
-        try:
-            module = view.get_submodule(module_name)
-        except AttributeError:
-            continue  # a module the artifact adds (a bottleneck adapter's own layers)
-        if isinstance(getattr(module, leaf, None), torch.nn.Parameter):
-            setattr(module, leaf, torch.nn.Parameter(getattr(module, leaf).detach().clone(), requires_grad=False))
+        parameter = owners.get(name)
+        if parameter is None:
+            continue  # a parameter the artifact adds (a bottleneck adapter's own layers)
+        copy_ = torch.nn.Parameter(parameter.detach().clone(), requires_grad=False)
+        for place in places[id(parameter)]:
+            module_name, _, leaf = place.rpartition(".")
+            setattr(view.get_submodule(module_name), leaf, copy_)
 
 
 def adapter_kind(folder: Path) -> str:
@@ -84,6 +89,9 @@ def resolve_inside(path: str | Path, root: Path) -> Path:
         raise AdapterError(f"adapter path {path!s} resolves outside the allowed directory {root}", 403)
     if not resolved.is_dir():
         raise AdapterError(f"no adapter folder at {path!s} inside {root}", 404)
+    for item in resolved.rglob("*"):  # a file inside may be a link out, too
+        if not item.resolve().is_relative_to(root):
+            raise AdapterError(f"{item.relative_to(resolved)} in adapter {path!s} links outside the allowed directory", 403)
     return resolved
 
 
@@ -135,26 +143,31 @@ class AdapterSet:
                 raise AdapterError("loading adapters at run time is off: start the server with --adapter-dir", 403)
             folder = resolve_inside(path, self.allowed_dir)
         _check_safetensors(folder)
-        kind = adapter_kind(folder)
-        view = shared_view(self.base)
-        if kind in ("selective", "adapter"):
-            from tunelab.training.methods._common import read_artifact
-
-            _unshare(view, list(read_artifact(folder)[1]))
-        from tunelab.training.methods import load_artifact
-
         try:
-            model = load_artifact(view, folder).eval()
+            kind, model = self._load(folder)
+        except AdapterError:
+            raise
         except TunelabError as exc:
             raise AdapterError(str(exc), 422) from None
-        except (ValueError, KeyError, RuntimeError) as exc:  # peft's errors for an adapter of another base
-            raise AdapterError(f"{folder}: does not fit this base model: {exc}", 422) from None
+        except Exception as exc:  # noqa: BLE001 - a broken or foreign folder is the caller's input, not a crash
+            raise AdapterError(f"{folder}: cannot be loaded onto this base model: {type(exc).__name__}: {exc}", 422) from None
         adapter = Adapter(name, folder, kind, model)
         with self._lock:
             if name in self._adapters:
                 raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
             self._adapters[name] = adapter
         return adapter
+
+    def _load(self, folder: Path) -> tuple[str, Any]:
+        from tunelab.training.methods import load_artifact
+
+        kind = adapter_kind(folder)
+        view = shared_view(self.base)
+        if kind in ("selective", "adapter"):
+            from tunelab.training.methods._common import read_artifact
+
+            _unshare(view, list(read_artifact(folder)[1]))
+        return kind, load_artifact(view, folder).eval()
 
     def remove(self, name: str) -> None:
         if name == BASE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from contextlib import asynccontextmanager
 import json
 import secrets
 import time
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunelab.errors import TunelabError
 from tunelab.generation.settings import GenerationSettings
 from tunelab.serving.adapters import AdapterError, AdapterSet
 from tunelab.serving.engine import BatchingEngine, QueueFull, Request as GenerationRequest, finish_reason
@@ -75,7 +78,7 @@ class _Options(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, bool] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     user: str | None = None
     # OpenAI's, not implemented (see UNSUPPORTED)
     logprobs: Any = None
@@ -128,7 +131,12 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
     engine = BatchingEngine(adapters, tokenizer, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                             batch_wait_ms=settings.batch_wait_ms)
     context_window = getattr(loaded.model.config, "max_position_embeddings", None) or getattr(loaded.model.config, "n_positions", None)
-    app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()  # the batch worker stops with the server
+
+    app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine, app.state.adapters = engine, adapters
     created = int(time.time())
 
@@ -222,35 +230,50 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
             raise ApiError(429, str(exc), "server_overloaded", code="queue_full") from None
         return requests
 
-    async def wait_all(requests: list[GenerationRequest], http: Request) -> list[Any]:
-        """The results; if the client goes away first, cancel its requests (freeing their
-        places in the queue and the batch)."""
+    async def wait_all(requests: list[GenerationRequest], http: Request) -> list[Any] | None:
+        """The results, or None when the client went away first (its requests are then
+        cancelled, freeing their places in the queue and the batch)."""
         futures = [asyncio.wrap_future(r.result) for r in requests]
         try:
             while True:
                 done, _ = await asyncio.wait(futures, timeout=0.25)
                 if len(done) == len(futures):
-                    return [f.result() for f in futures]
+                    return [outcome(f) for f in futures]
                 if await http.is_disconnected():
-                    raise asyncio.CancelledError
+                    for request in requests:
+                        request.cancelled.set()
+                    return None
         except BaseException:
             for request in requests:
                 request.cancelled.set()
             raise
+
+    def outcome(future: asyncio.Future) -> Any:
+        """A request's result; a failure in generation becomes an OpenAI-shaped error."""
+        try:
+            return future.result()
+        except TunelabError as exc:  # the request asked for something the model cannot do
+            raise ApiError(400, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from None
 
     def usage(prompts: Sequence[list[int]], n: int, outputs: Sequence[Any]) -> dict[str, int]:
         prompt_tokens = sum(len(p) for p in prompts)  # each prompt counted once, as OpenAI does for n > 1
         completion_tokens = sum(len(o.token_ids) for o in outputs)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
+    def check_count(prompts: int, n: int) -> None:
+        if prompts * n > settings.max_prompts:
+            raise ApiError(400, f"{prompts} prompts x n={n} is over this server's {settings.max_prompts} per request")
+
     async def run(body: _Options, http: Request, prompts: list[list[int]], max_tokens: int, chat: bool) -> Response:
-        if len(prompts) * body.n > settings.max_prompts:
-            raise ApiError(400, f"{len(prompts)} prompts x n={body.n} is over this server's {settings.max_prompts} per request")
         ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         stamp = int(time.time())
         if not body.stream:
             requests = submit(body, prompts, max_tokens, None)
             outputs = await wait_all(requests, http)
+            if outputs is None:
+                return Response(status_code=499)  # nobody is listening; nginx's 'client closed request'
             choices = [({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
                          "finish_reason": finish_reason(o)} if chat else
                         {"index": i, "text": o.text, "logprobs": None, "finish_reason": finish_reason(o)})
@@ -298,13 +321,15 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
                 for i, future in enumerate(futures):
                     if i not in finished and future.done():
                         finished.add(i)
-                        yield chunk([choice(i, None if chat else "", finish_reason(future.result()))])
+                        yield chunk([choice(i, None if chat else "", finish_reason(outcome(future)))])
             if include_usage:
                 yield chunk([], usage=usage(prompts, n, [f.result() for f in futures]))
-            yield b"data: [DONE]\n\n"
+        except ApiError as exc:  # the status line went out already: the error travels as an event
+            yield b"data: " + json.dumps(error_body(str(exc), exc.type, exc.param, exc.code)).encode() + b"\n\n"
         finally:
             for request in requests:  # a client that went away frees its slots
                 request.cancelled.set()
+        yield b"data: [DONE]\n\n"
 
     # -- endpoints --------------------------------------------------------------------------
     @app.get("/v1/models")
@@ -323,7 +348,8 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts or any(not t for t in texts):
             raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
-        prompts = [tokenizer(t)["input_ids"] for t in texts]
+        check_count(len(texts), body.n)
+        prompts = await run_in_threadpool(lambda: [tokenizer(t)["input_ids"] for t in texts])  # not on the event loop
         max_tokens = limit_for(body, max(len(p) for p in prompts), 16)  # OpenAI's default for completions
         return await run(body, http, prompts, max_tokens, chat=False)
 
@@ -335,8 +361,14 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
         messages = [{"role": "system" if m.role == "developer" else m.role,
                      "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
                     for m in body.messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        check_count(1, body.n)
+        from jinja2 import TemplateError
+
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as exc:  # e.g. a template without system turns, or one that wants alternating roles
+            raise ApiError(400, f"this model's chat template refuses these messages: {exc}", param="messages") from None
+        prompt = (await run_in_threadpool(lambda: tokenizer(text, add_special_tokens=False)))["input_ids"]
         max_tokens = limit_for(body, len(prompt), settings.max_tokens_limit)
         return await run(body, http, [prompt], max_tokens, chat=True)
 
