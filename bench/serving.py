@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.serving.conftest import LiveServer  # noqa: E402  (a uvicorn server in a thread)
+from tunelab.serving.app import ServerSettings as ServerSettingsDefaults  # noqa: E402
 
 
 def make_stand_in_adapters(model, folder: Path) -> list[str]:
@@ -82,6 +83,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=60)
     parser.add_argument("--adapter", action="append", default=[])
     parser.add_argument("--switch-requests", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=ServerSettingsDefaults.batch_wait_ms)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving.json"))
     args = parser.parse_args()
 
@@ -111,10 +113,11 @@ def main() -> int:
         for spec in specs:
             name, path = spec.split("=", 1)
             pool.add(name, path, trusted=True)
-        server = LiveServer(create_app(loaded, pool, ServerSettings(max_batch_size=batch, max_tokens_limit=args.max_tokens)))
+        server = LiveServer(create_app(loaded, pool, ServerSettings(max_batch_size=batch, max_tokens_limit=args.max_tokens,
+                                                                    batch_wait_ms=args.batch_wait_ms)))
         run_clients(server.url, requests[:2], 2)  # warm-up
         results[mode] = run_clients(server.url, requests, args.clients)
-        results[mode]["batches"] = server.app.app.state.engine.stats["batches"]
+        results[mode]["batch_sizes"] = list(server.app.app.state.engine.batch_sizes)[2:]  # after the warm-up's two
         server.close()
         print(mode, {k: v for k, v in results[mode].items() if k != "texts"}, flush=True)
     results["same_texts"] = results["batched"].pop("texts") == results["one_at_a_time"].pop("texts")
@@ -145,8 +148,9 @@ def main() -> int:
             tokens += len(out[0].token_ids)
         timings[label] = {"seconds": round(time.perf_counter() - started, 2), "tokens": tokens}
     base_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    view_bytes = {n: sum(p.numel() * p.element_size() for p in pool.get(n).model.parameters()
-                         if p.data_ptr() not in {q.data_ptr() for q in loaded.model.parameters()}) for n in names}
+    base_storage = {q.data_ptr() for q in loaded.model.parameters()}
+    view_bytes = {n: sum(p.numel() * p.element_size() for p in pool.get(n).model.parameters() if p.data_ptr() not in base_storage)
+                  for n in names}
     results["switching"] = {
         "requests": len(prompts), **{f"{k}_seconds": v["seconds"] for k, v in timings.items()},
         "views_tokens_per_second": round(timings["views"]["tokens"] / timings["views"]["seconds"], 1),

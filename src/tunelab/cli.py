@@ -201,6 +201,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=16, help="most requests generated together (default: 16)")
     p.add_argument("--max-queue", type=int, default=256, help="most waiting requests; more get 429 (default: 256)")
     p.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask (default: 512)")
+    p.add_argument("--batch-wait-ms", type=float,
+                   help="how long the batcher waits for requests to join the oldest one (default: ServerSettings.batch_wait_ms)")
     p.add_argument("--dtype", default="auto", help="weights dtype: auto, float32, bfloat16, float16 (default: auto)")
 
 
@@ -434,8 +436,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tunelab.serving.app import ServerSettings, build_server, serve
 
     keys = tuple(args.api_key) + tuple(k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip())
+    optional = {"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}
     settings = ServerSettings(api_keys=keys, admin_token=args.admin_token or os.environ.get("TUNELAB_ADMIN_TOKEN") or None,
-                              max_tokens_limit=args.max_tokens_limit, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
+                              max_tokens_limit=args.max_tokens_limit, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+                              **optional)
     app = build_server(args.model, args.adapter, adapter_dir=args.adapter_dir, settings=settings, dtype=args.dtype)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"tunelab serve: warning: listening on {args.host} with no API key; anyone who can reach it can use it",

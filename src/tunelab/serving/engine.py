@@ -83,6 +83,7 @@ class BatchingEngine:
         self.pending: deque[Request] = deque()
         self.seeds = itertools.count(1)
         self.stats = {"batches": 0, "requests": 0, "tokens": 0, "cancelled": 0}
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches' sizes, for tuning
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="tunelab-batcher", daemon=True)
         self._worker.start()
@@ -167,6 +168,7 @@ class BatchingEngine:
                 request.result.set_exception(exc)
             return
         self.stats["batches"] += 1
+        self.batch_sizes.append(len(batch))
         for request, output, delta in zip(batch, outputs, deltas):
             self.stats["requests"] += 1
             self.stats["cancelled"] += output.finish_reason == "cancelled"
