@@ -178,3 +178,54 @@ def test_ppo_recipe_errors(tiny_llama_dir, dialog_file, tmp_path):
     config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, init_adapter=str(tmp_path))
     with pytest.raises(TunelabError, match="not a LoRA adapter folder"):
         PPOTrainer(config, progress=False)
+
+
+def test_trimming_prompt_padding_keeps_the_log_probs(tiny_model):
+    """A minibatch of short prompts drops the columns only the rollout batch's long prompt
+    needed, and scores its rows exactly as before."""
+    from tunelab.alignment.ppo import _select, trim_prompt_padding
+
+    model, tokenizer, seq2seq = tiny_model.model, tiny_model.tokenizer, tiny_model.is_encoder_decoder
+    prompts = [tokenizer("Where is the bank? Next to the park, by the river, past the school.")["input_ids"],
+               tokenizer("Hi")["input_ids"], tokenizer("It is raining")["input_ids"]]
+    start = model.config.decoder_start_token_id if seq2seq else None
+    batch = rollout_batch(prompts, [[5, 6, 7], [8], [9, 10]], tokenizer.pad_token_id, seq2seq, start)
+    part = _select(batch, torch.tensor([1, 2]))
+    trimmed = trim_prompt_padding(part, seq2seq)
+    assert trimmed["input_ids"].shape[1] == part["input_ids"].shape[1] - (len(prompts[0]) - len(prompts[2]))
+    assert trim_prompt_padding(batch, seq2seq)["input_ids"].shape == batch["input_ids"].shape
+    with torch.no_grad():
+        logits, _ = policy_outputs(model, part, seq2seq, hidden=False)
+        short_logits, _ = policy_outputs(model, trimmed, seq2seq, hidden=False)
+    mask = part["mask"]
+    torch.testing.assert_close(token_logprobs(short_logits, part["responses"]) * mask,
+                               token_logprobs(logits, part["responses"]) * mask, atol=1e-5, rtol=1e-5)
+
+
+def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llama_dir, tmp_path):
+    """The reward here is minus the prompt's length: the hardest prompts are the longest."""
+    rows = [{**r, "fname": f"{r['fname']}-{i}", "dialogue": r["dialogue"] + " Yes." * i} for i in range(3) for r in DATA_ROWS]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+
+    def minus_length(prompts, responses):
+        seen.extend(prompts)
+        return [-float(len(p)) for p in prompts]
+
+    config = ppo_config(tiny_llama_dir, prompts, tmp_path, steps=2, rollout_batch_size=4, mini_batch_size=2,
+                        hardest_prompts=6)
+    trainer = PPOTrainer(config, reward=minus_length, progress=False)
+    pool = [r["text"] for r in trainer.rows]
+    trainer.train()
+    chosen = json.loads((trainer.output_dir / "hardest_prompts.json").read_text())
+    longest = sorted(range(len(pool)), key=lambda i: (-len(pool[i]), i))[:6]
+    assert chosen["pool"] == 18 and chosen["indices"] == longest
+    assert chosen["scores"] == sorted(chosen["scores"]) and len(chosen["responses"]) == 6
+    assert set(seen[18:]) <= {pool[i] for i in longest}  # every rollout after the search came from them
+    again = PPOTrainer(config, reward=minus_length, progress=False)
+    seen.clear()
+    again._keep_hardest(resume=True)
+    assert not seen and [r["text"] for r in again.rows] == [pool[i] for i in longest]
+    with pytest.raises(Exception, match="hardest_prompts must be 0"):
+        PPOTrainer(ppo_config(tiny_llama_dir, prompts, tmp_path, rollout_batch_size=4, hardest_prompts=2), reward=minus_length)

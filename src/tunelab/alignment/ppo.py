@@ -17,6 +17,7 @@ keeps a frozen copy of the model. The run stops with a message when the KL passe
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import statistics
@@ -44,6 +45,7 @@ class PPOSettings:
     reward_label: str | None = field(default=None, metadata={"help": "For a classifier: the rewarded class (default: the one it was trained to reward, e.g. 'neither')."})
     normalize_reward: bool = field(default=False, metadata={"help": "Scale scores by a running mean/std before the KL penalty."})
     length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token (0 = none)."})
+    hardest_prompts: int = field(default=0, metadata={"help": "Train on the N training prompts whose greedy response the reward scores lowest, found before training among the `limit` loaded (0 = train on all): rollouts go where there is something to correct, e.g. the few summaries a toxicity classifier doubts."})
     init_adapter: str | None = field(default=None, metadata={"help": "Continue a trained LoRA adapter (e.g. the DialogSum summarizer); it is also the reference."})
     rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per PPO step (the course: 16)."})
     mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step inside a PPO epoch."})
@@ -131,6 +133,27 @@ def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, tor
     return {k: v.index_select(0, rows) for k, v in batch.items()}
 
 
+PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def trim_prompt_padding(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> dict[str, torch.Tensor]:
+    """Drop the prompt columns that are padding in every row (a minibatch's longest prompt
+    is often much shorter than the rollout batch's): the same log-probs, less compute.
+    Decoder-only prompts are left-padded, encoder inputs right-padded."""
+    response_width = 0 if is_encoder_decoder else batch["responses"].shape[1]
+    prompt_mask = batch["attention_mask"][:, : batch["attention_mask"].shape[1] - response_width]
+    used = prompt_mask.any(dim=0).nonzero()
+    if len(used) == 0:
+        return batch
+    keep = slice(0, int(used[-1]) + 1) if is_encoder_decoder else slice(int(used[0]), None)
+    return {k: (v[:, keep] if k in PROMPT_KEYS else v) for k, v in batch.items()}
+
+
+def prompt_lengths(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
+    response_width = 0 if is_encoder_decoder else batch["responses"].shape[1]
+    return batch["attention_mask"][:, : batch["attention_mask"].shape[1] - response_width].sum(dim=1)
+
+
 # -- the trainer --------------------------------------------------------------------------------
 class PPOTrainer(Trainer):
     def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None) -> None:
@@ -141,6 +164,8 @@ class PPOTrainer(Trainer):
             raise TunelabError("ppo: need 1 <= min_new_tokens <= max_new_tokens")
         if settings.mini_batch_size > settings.rollout_batch_size:
             raise TunelabError("ppo: mini_batch_size must not exceed rollout_batch_size")
+        if 0 < settings.hardest_prompts < settings.rollout_batch_size:
+            raise TunelabError("ppo: hardest_prompts must be 0 (all prompts) or at least rollout_batch_size")
         super().__init__(config, loaded, progress=progress)
         self.reward = reward if reward is not None else self._load_reward()
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.accelerator.device)
@@ -247,13 +272,28 @@ class PPOTrainer(Trainer):
         logits = logits.float() / self.config.ppo.temperature
         return logits, L.token_logprobs(logits, batch["responses"]), states
 
+    def _by_length(self, batch: dict[str, torch.Tensor], compute) -> tuple[torch.Tensor, ...]:
+        """``compute(part)`` over minibatch-sized parts of similar prompt length, each with
+        its padding trimmed; the results are put back in the batch's row order."""
+        order = prompt_lengths(batch, self.loaded.is_encoder_decoder).argsort(descending=True, stable=True)
+        size = self.config.ppo.mini_batch_size
+        parts = [compute(trim_prompt_padding(_select(batch, rows), self.loaded.is_encoder_decoder))
+                 for rows in order.split(size)]
+        inverse = order.argsort()
+        return tuple(torch.cat(column).index_select(0, inverse) for column in zip(*parts))
+
     @torch.no_grad()
     def _prepare_update(self, batch: dict[str, torch.Tensor], scores: torch.Tensor) -> dict[str, torch.Tensor]:
         settings, mask = self.config.ppo, batch["mask"]
-        _, old_logprobs, states = self._logprobs(self.model, batch, hidden=True)
-        old_values = self.value_head(states) * mask
+
+        def policy(part):
+            _, logprobs, states = self._logprobs(self.model, part, hidden=True)
+            return logprobs, self.value_head(states)
+
+        old_logprobs, old_values = self._by_length(batch, policy)
+        old_values = old_values * mask
         with self._as_reference() as reference:
-            _, ref_logprobs, _ = self._logprobs(reference, batch, hidden=False)
+            (ref_logprobs,) = self._by_length(batch, lambda part: (self._logprobs(reference, part, hidden=False)[1],))
         kl = L.kl_per_token(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
         rewards = L.token_rewards(scores.to(mask.device), kl, mask, self.kl.value)
         advantages, returns = L.gae(rewards, old_values, mask, settings.gamma, settings.lam)
@@ -270,6 +310,7 @@ class PPOTrainer(Trainer):
             order = torch.randperm(size, generator=generator)
             for start in range(0, size, settings.mini_batch_size):
                 part = _select(data, order[start : start + settings.mini_batch_size].to(data["mask"].device))
+                part = trim_prompt_padding(part, self.loaded.is_encoder_decoder)
                 mask = part["mask"]
                 logits, logprobs, states = self._logprobs(self.model, part, hidden=True)
                 values = self.value_head(states)
@@ -342,9 +383,10 @@ class PPOTrainer(Trainer):
         from tunelab.training.engine import TrainResult
 
         config, settings = self.config, self.config.ppo
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._keep_hardest(resume)
         if len(self.rows) < settings.rollout_batch_size:
             raise TunelabError(f"ppo: {len(self.rows)} prompts, fewer than rollout_batch_size={settings.rollout_batch_size}")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         total = self.total_steps()
         self._params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -418,28 +460,58 @@ class PPOTrainer(Trainer):
         plot_series(self.output_dir / "metrics.jsonl", self.output_dir / "ppo.png", ["reward", "kl", "entropy", "value_loss"],
                     title=f"PPO on {self.config.data}")
 
+    def _keep_hardest(self, resume: bool) -> None:
+        """ppo.hardest_prompts: keep the training prompts whose greedy response scores
+        lowest. The choice is written to hardest_prompts.json; a resumed run reads it back."""
+        count = self.config.ppo.hardest_prompts
+        if not count:
+            return
+        path = self.output_dir / "hardest_prompts.json"
+        chosen = (_read_json(path) or {}).get("indices") if resume else None
+        if chosen is None:
+            texts, scores = self._greedy_scores(self.rows, "finding the hardest prompts")
+            chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:count]
+            if self.accelerator.is_main_process:
+                _write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
+                                   "scores": [scores[i] for i in chosen], "responses": [texts[i] for i in chosen]})
+        self.rows = [self.rows[i] for i in chosen]
+
+    @torch.no_grad()
+    def _greedy_scores(self, rows: list[dict[str, Any]], desc: str) -> tuple[list[str], list[float]]:
+        """Greedy responses to ``rows`` and their un-normalised scores."""
+        from tunelab.generation import GenerationSettings
+        from tunelab.generation.batched import generate_from_ids
+
+        settings = GenerationSettings(max_new_tokens=self.config.ppo.max_new_tokens, batch_size=16)
+        outputs = generate_from_ids(self.accelerator.unwrap_model(self.model), self.tokenizer, [r["ids"] for r in rows],
+                                    settings, progress=self.progress, desc=desc)
+        texts = [o.text for o in outputs]
+        reward = getattr(self.reward, "reward", self.reward)  # un-normalised
+        return texts, torch.as_tensor(reward([r["text"] for r in rows], texts), dtype=torch.float).tolist()
+
     # -- held-out evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate_policy(self, name: str) -> dict[str, Any]:
         """Greedy responses to the held-out prompts: reward mean and std, toxicity (for a
         classifier reward: 1 - P(rewarded class)), ROUGE when references exist."""
-        from tunelab.generation import GenerationSettings
-        from tunelab.generation.batched import generate_from_ids
-
         rows = self.eval_rows
-        settings = GenerationSettings(max_new_tokens=self.config.ppo.max_new_tokens, batch_size=16)
-        outputs = generate_from_ids(self.accelerator.unwrap_model(self.model), self.tokenizer, [r["ids"] for r in rows],
-                                    settings, progress=self.progress, desc=f"eval ({name})")
-        texts = [o.text for o in outputs]
+        texts, scores = self._greedy_scores(rows, f"eval ({name})")
         prompts = [r["text"] for r in rows]
-        reward = getattr(self.reward, "reward", self.reward)  # un-normalised
-        scores = torch.as_tensor(reward(prompts, texts), dtype=torch.float).tolist()
+        reward = getattr(self.reward, "reward", self.reward)
         result: dict[str, Any] = {"n": len(rows), "reward_mean": statistics.fmean(scores),
                                   "reward_std": statistics.pstdev(scores)}
+        toxicity = None
         if hasattr(reward, "logits") and len(reward.labels) > 1:
             probability = reward.logits(prompts, texts).softmax(-1)[:, reward.label_index]
             toxicity = (1 - probability).tolist()
             result.update(toxicity_mean=statistics.fmean(toxicity), toxicity_std=statistics.pstdev(toxicity))
+        if self.accelerator.is_main_process:  # every response, to see what changed where
+            with (self.output_dir / f"eval_{name}.jsonl").open("w") as out:
+                for i, (text, score) in enumerate(zip(texts, scores)):
+                    record = {"index": i, "response": text, "score": score}
+                    if toxicity is not None:
+                        record["toxicity"] = toxicity[i]
+                    out.write(json.dumps(record) + "\n")
         if all(r["references"] for r in rows):
             from tunelab.evaluation import rouge
 
@@ -449,9 +521,7 @@ class PPOTrainer(Trainer):
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-__all__ = ["PPOSettings", "PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch"]
+__all__ = ["PPOSettings", "PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch", "trim_prompt_padding"]
