@@ -2,13 +2,14 @@
 
     python bench/serving.py [--clients 32] [--max-tokens 60] [--adapter A=PATH --adapter B=PATH]
 
-The default model is served with two adapters (default: the DialogSum LoRA and (IA)^3
-fine-tunes, runs/dialogsum-lora/final and runs/dialogsum-ia3/final; two untrained LoRA
-adapters stand in when those have not been trained). 32 clients at once each ask for the
-summary of a DialogSum test dialogue (greedy, chat API), half through each adapter, on a
-real uvicorn server over loopback:
+The default model is served with two adapters (default: the DialogSum LoRA summarizer
+and its detoxified PPO continuation, runs/dialogsum-lora/final and
+runs/dialogsum-detox-ppo/final; two untrained LoRA adapters stand in when those have not
+been trained). 32 clients at once, in a process of their own, each ask for the summary of
+a DialogSum test dialogue (greedy, chat API), half through each adapter, on a real
+uvicorn server over loopback:
 
-  * batched: tunelab's batching (up to 16 requests per batch, per adapter);
+  * batched: tunelab's batching (up to 16 requests per batch; LoRA adapters mix in one);
   * one at a time: the same server with max_batch_size=1, every request alone.
 
 Then the cost of switching adapters: the same 8 requests alternating A, B, A, B one at a
@@ -56,6 +57,16 @@ def make_stand_in_adapters(model, folder: Path) -> list[str]:
     return specs
 
 
+def run_clients_elsewhere(url: str, requests: list[dict], clients: int) -> dict:
+    """The clients in a process of their own, as real ones would be: in the server's
+    process their threads would compete with it for the interpreter lock."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_clients, url, requests, clients).result()
+
+
 def run_clients(url: str, requests: list[dict], clients: int) -> dict:
     import httpx
 
@@ -90,13 +101,14 @@ def main() -> int:
     import torch
 
     from tunelab.data.loading import load_examples
-    from tunelab.generation import GenerationSettings, generate
+    from tunelab.generation import GenerationSettings
+    from tunelab.generation.batched import generate_from_ids
     from tunelab.models import load_model
     from tunelab.serving.adapters import AdapterSet
     from tunelab.serving.app import ServerSettings, create_app
 
     loaded = load_model("smollm2-135m-instruct")
-    specs = args.adapter or [f"{n}={p}" for n, p in (("A", "runs/dialogsum-lora/final"), ("B", "runs/dialogsum-ia3/final"))]
+    specs = args.adapter or [f"{n}={p}" for n, p in (("A", "runs/dialogsum-lora/final"), ("B", "runs/dialogsum-detox-ppo/final"))]
     stand_in = not all(Path(s.split("=", 1)[1]).is_dir() for s in specs)
     if stand_in:
         specs = make_stand_in_adapters(loaded.model, args.out.parent / "stand-in-adapters")
@@ -116,7 +128,7 @@ def main() -> int:
         server = LiveServer(create_app(loaded, pool, ServerSettings(max_batch_size=batch, max_tokens_limit=args.max_tokens,
                                                                     batch_wait_ms=args.batch_wait_ms)))
         run_clients(server.url, requests[:2], 2)  # warm-up
-        results[mode] = run_clients(server.url, requests, args.clients)
+        results[mode] = run_clients_elsewhere(server.url, requests, args.clients)
         results[mode]["batch_sizes"] = list(server.app.app.state.engine.batch_sizes)[2:]  # after the warm-up's two
         server.close()
         print(mode, {k: v for k, v in results[mode].items() if k != "texts"}, flush=True)
@@ -141,22 +153,25 @@ def main() -> int:
         adapted = load_artifact(copy_, path)
         merged[name] = adapted.merge_and_unload() if hasattr(adapted, "merge_and_unload") else adapted
     timings = {}
-    for label, pick in (("views", lambda n: pool.get(n).model), ("merged", lambda n: merged[n])):
+    for label, pick in (("views", pool.route), ("merged", lambda n: (merged[n], None))):
         started, tokens = time.perf_counter(), 0
         for i, prompt in enumerate(prompts):
-            out = generate(pick(names[i % 2]), loaded.tokenizer, [prompt], settings, add_special_tokens=False, progress=False)
+            model, lora_name = pick(names[i % 2])
+            ids = [loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+            out = generate_from_ids(model, loaded.tokenizer, ids, settings, progress=False,
+                                    adapter_names=None if lora_name is None else [lora_name])
             tokens += len(out[0].token_ids)
         timings[label] = {"seconds": round(time.perf_counter() - started, 2), "tokens": tokens}
     base_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     base_storage = {q.data_ptr() for q in loaded.model.parameters()}
-    view_bytes = {n: sum(p.numel() * p.element_size() for p in pool.get(n).model.parameters() if p.data_ptr() not in base_storage)
-                  for n in names}
+    own = {p.data_ptr(): p.numel() * p.element_size() for n in names for p in pool.get(n).model.parameters()
+           if p.data_ptr() not in base_storage}  # LoRA adapters share one view: count each tensor once
     results["switching"] = {
         "requests": len(prompts), **{f"{k}_seconds": v["seconds"] for k, v in timings.items()},
         "views_tokens_per_second": round(timings["views"]["tokens"] / timings["views"]["seconds"], 1),
         "merged_tokens_per_second": round(timings["merged"]["tokens"] / timings["merged"]["seconds"], 1),
         "time_ratio_views_over_merged": round(timings["views"]["seconds"] / timings["merged"]["seconds"], 2),
-        "memory_mb_views": round((base_bytes + sum(view_bytes.values())) / 2**20, 1),
+        "memory_mb_views": round((base_bytes + sum(own.values())) / 2**20, 1),
         "memory_mb_merged": round(len(names) * base_bytes / 2**20, 1),
     }
     print("switching", results["switching"], flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +77,18 @@ def generate_from_ids(
     desc: str = "generating",
     max_new_tokens: Sequence[int] | None = None,
     on_token: Callable[[int, int], bool] | None = None,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Generate from token ids. ``max_new_tokens`` gives each prompt its own limit (at most
     ``settings.max_new_tokens``). ``on_token(prompt index, token id)`` is called for every
     new token as it is chosen (streaming); when it returns False that prompt stops at
-    once (finish reason "cancelled") and leaves the batch."""
+    once (finish reason "cancelled") and leaves the batch. ``adapter_names``: for a peft
+    model holding several LoRA adapters, the adapter of each prompt ("__base__" for none):
+    one batch mixes them (peft's mixed-batch forward)."""
     if any(len(ids) == 0 for ids in prompt_ids):
         raise TunelabError("cannot generate from an empty prompt")
+    if adapter_names is not None:
+        _check_adapter_names(model, adapter_names, len(prompt_ids))
     longest = max((len(ids) for ids in prompt_ids), default=0) + settings.max_new_tokens
     window = _sliding_window(model.config)
     if window is not None and longest > window:
@@ -105,18 +111,86 @@ def generate_from_ids(
     with torch.inference_mode(), tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress) as bar:
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
+            routing = _RowAdapters(model, [adapter_names[i] for i in rows]) if adapter_names is not None else None
+            extra = {"routing": routing} if routing is not None else {}
             decoder = decoder_class(
-                model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens
+                model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens, **extra
             )
             limits = [max_new_tokens[i] for i in rows] if max_new_tokens is not None else None
             callback = (lambda j, token, rows=rows: on_token(rows[j], token)) if on_token is not None else None
-            outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits, callback)
+            try:
+                outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits, callback)
+            finally:
+                if routing is not None:
+                    routing.close()
             for row, (tokens, reason, eos) in zip(rows, outputs):
                 results[row] = Generation(_to_text(tokenizer, tokens, settings.stop), tokens, reason, eos)
                 new_tokens += len(tokens)
             bar.update(len(rows))
             bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - started):.1f}")
     return results  # type: ignore[return-value]
+
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+def _lora_layers(model: Any) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer | AuxiliaryTrainingWrapper)]
+
+
+def _check_adapter_names(model: Any, names: Sequence[str], count: int) -> None:
+    if len(names) != count:
+        raise TunelabError(f"adapter_names has {len(names)} names for {count} prompts")
+    if _is_prompt_learning(model):
+        raise TunelabError("mixed-adapter batches are for LoRA adapters; this model uses a soft prompt")
+    known = {BASE_ADAPTER}
+    for layer in _lora_layers(model):
+        known.update(getattr(layer, "lora_A", {}).keys())
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise TunelabError(f"no LoRA adapter named {', '.join(unknown)} in this model; it has {', '.join(sorted(known))}")
+
+
+class _RowAdapters:
+    """peft's mixed LoRA batches for tunelab's decoders: each row of every forward pass
+    goes through its own adapter. peft injects ``adapter_names`` with hooks for the length
+    of one ``forward`` call; these hooks live for the whole generation and follow the rows
+    as finished ones leave the batch (or a prefill runs a slice of them)."""
+
+    def __init__(self, model: Any, names: list[str]) -> None:
+        self.names = list(names)
+        self.current = self.names
+        self.handles = [layer.register_forward_pre_hook(self._inject, with_kwargs=True) for layer in _lora_layers(model)]
+
+    def _inject(self, module, args, kwargs):
+        return args, {**kwargs, "adapter_names": self.current}
+
+    @contextmanager
+    def rows(self, start: int, end: int):
+        self.current = self.names[start:end]
+        try:
+            yield
+        finally:
+            self.current = self.names
+
+    @property
+    def mixed(self) -> bool:
+        return len(set(self.names)) > 1
+
+    def select(self, index) -> None:
+        self.names = [self.names[i] for i in index.tolist()]
+        self.current = self.names
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _rows(routing: _RowAdapters | None, start: int, end: int):
+    return routing.rows(start, end) if routing is not None else nullcontext()
 
 
 def _is_prompt_learning(model: Any) -> bool:
@@ -291,12 +365,13 @@ class _CausalDecoder:
     """
 
     def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int,
-                 shared: int | None = None) -> None:
-        self.model = model
+                 shared: int | None = None, routing: _RowAdapters | None = None) -> None:
+        self.model, self.routing = model, routing
         self.size = len(prompts)
         if shared is None:
             shared = _shared_prefix_length(prompts)
-            shared = shared if shared >= MIN_SHARED_PREFIX else 0
+            # rows with different adapters have different keys and values for the same prefix
+            shared = shared if shared >= MIN_SHARED_PREFIX and not (routing and routing.mixed) else 0
         self.shared = shared
         self.own_lengths = [len(p) - self.shared for p in prompts]
         width = self.shared + max(self.own_lengths)
@@ -327,7 +402,8 @@ class _CausalDecoder:
         if not self.shared:
             return []
         cache = DynamicCache()
-        self.model(input_ids=self.sequences[:1, : self.shared], cache=cache, use_cache=True, logits_to_keep=1)
+        with _rows(self.routing, 0, 1):
+            self.model(input_ids=self.sequences[:1, : self.shared], cache=cache, use_cache=True, logits_to_keep=1)
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _prefill_chunk(self, start: int, end: int, prefix: list[tuple[Any, Any]]):
@@ -340,9 +416,10 @@ class _CausalDecoder:
             cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix])
         else:
             cache = DynamicCache()
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
-        )
+        with _rows(self.routing, start, end):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
+            )
         own_kv = [(layer.keys[:, :, shared:], layer.values[:, :, shared:]) for layer in cache.layers]
         return out.logits[:, -1, :].float(), own_kv
 
@@ -378,6 +455,8 @@ class _CausalDecoder:
         return out.logits[:, -1, :].float()
 
     def select(self, index) -> None:
+        if self.routing is not None:
+            self.routing.select(index)
         self.cache.batch_select_indices(index)
         self.sequences = self.sequences.index_select(0, index)
         self.mask = self.mask.index_select(0, index)
@@ -392,8 +471,9 @@ class _Seq2SeqDecoder:
     """Encoder run once on right-padded inputs; the decoder steps with self- and
     cross-attention caches, both shrunk when rows finish."""
 
-    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int) -> None:
-        self.model = model
+    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, device: Any, max_new_tokens: int,
+                 routing: _RowAdapters | None = None) -> None:
+        self.model, self.routing = model, routing
         self.size = len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.full((self.size, width), pad_id, dtype=torch.long)
@@ -426,6 +506,8 @@ class _Seq2SeqDecoder:
         return self._forward(tokens[:, None])
 
     def select(self, index) -> None:
+        if self.routing is not None:
+            self.routing.select(index)
         self.cache.batch_select_indices(index)
         self.encoded = self.encoded.index_select(0, index)
         self.mask = self.mask.index_select(0, index)

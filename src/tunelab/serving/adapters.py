@@ -3,15 +3,22 @@
 Each adapter gets a *view* of the base: a copy of the module tree whose parameters and
 buffers are the base's own tensors (copy.deepcopy with every tensor in the memo), so a
 view costs Python objects and the adapter's weights, not a second model. The adapter is
-applied to its view as tunelab applies it offline (peft for LoRA, IA3, prompt and prefix
+applied to its view as tunelab applies it offline (peft for IA3, prompt and prefix
 tuning; tunelab's loader for bottleneck adapters and selective fine-tunes), so switching
 adapters per request is picking a view: nothing is reloaded, merged or unmerged.
+
+LoRA adapters all go into one view, as named peft adapters, so requests for different
+LoRA adapters and for the base share a batch: peft's mixed-batch forward sends each row
+through its own adapter.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ class Adapter:
     path: Path | None
     kind: str
     model: Any  # the view with the adapter applied (the base itself for "base")
+    lora_name: str | None = None  # a LoRA adapter's name inside the shared LoRA view
 
 
 def shared_view(model: torch.nn.Module) -> torch.nn.Module:
@@ -110,22 +118,48 @@ class AdapterSet:
         self.base = model.eval()
         self.allowed_dir = None if allowed_dir is None else Path(allowed_dir).resolve()
         self._adapters: dict[str, Adapter] = {BASE: Adapter(BASE, None, "base", self.base)}
-        self._lock = threading.Lock()
+        # The batch worker holds the lock while it forms and runs a batch, so the shared
+        # LoRA view never changes under a forward pass.
+        self.lock = threading.RLock()
+        self._lora: Any = None  # the view that holds every LoRA adapter
+        self._lora_ids = itertools.count()
 
     def names(self) -> list[str]:
-        with self._lock:
+        with self.lock:
             return list(self._adapters)
 
     def describe(self) -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             return [{"name": a.name, "kind": a.kind, "path": None if a.path is None else str(a.path)} for a in self._adapters.values()]
 
     def get(self, name: str) -> Adapter:
-        with self._lock:
+        with self.lock:
             adapter = self._adapters.get(name)
         if adapter is None:
             raise AdapterError(f"the model '{name}' does not exist; available: {', '.join(self.names())}", 404)
         return adapter
+
+    def route(self, name: str) -> tuple[Any, str | None]:
+        """The model that serves ``name``, and the peft adapter name to give its row in a
+        mixed LoRA batch (None: a model of its own, batched alone)."""
+        with self.lock:
+            adapter = self.get(name)
+            if adapter.lora_name is not None:
+                return adapter.model, adapter.lora_name
+            if adapter.name == BASE and self._lora is not None:
+                from tunelab.generation.batched import BASE_ADAPTER
+
+                return self._lora, BASE_ADAPTER
+            return adapter.model, None
+
+    def batch_group(self, name: str) -> tuple[str, ...]:
+        """Requests of one group can share a batch: every LoRA adapter and the base form one
+        (through the shared LoRA view); any other adapter is a group of its own."""
+        with self.lock:
+            adapter = self._adapters.get(name)
+            if adapter is not None and (adapter.lora_name is not None or (name == BASE and self._lora is not None)):
+                return ("lora",)
+            return ("adapter", name)
 
     def add(self, name: str, path: str | Path, *, trusted: bool = False) -> Adapter:
         """Load an adapter under ``name``. Paths from the admin API (``trusted=False``)
@@ -143,35 +177,74 @@ class AdapterSet:
                 raise AdapterError("loading adapters at run time is off: start the server with --adapter-dir", 403)
             folder = resolve_inside(path, self.allowed_dir)
         _check_safetensors(folder)
-        try:
-            kind, model = self._load(folder)
-        except AdapterError:
-            raise
-        except TunelabError as exc:
-            raise AdapterError(str(exc), 422) from None
-        except Exception as exc:  # noqa: BLE001 - a broken or foreign folder is the caller's input, not a crash
-            raise AdapterError(f"{folder}: cannot be loaded onto this base model: {type(exc).__name__}: {exc}", 422) from None
+        with _as_adapter_error(folder):
+            kind = adapter_kind(folder)
+            if kind == "lora":
+                return self._add_lora(name, folder)
+            model = self._load(folder, kind)
         adapter = Adapter(name, folder, kind, model)
-        with self._lock:
+        with self.lock:
             if name in self._adapters:
                 raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
             self._adapters[name] = adapter
         return adapter
 
-    def _load(self, folder: Path) -> tuple[str, Any]:
+    def _add_lora(self, name: str, folder: Path) -> Adapter:
+        from peft import PeftModel
+
+        from tunelab.training.methods._common import MethodError
+
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise MethodError(f"{folder}: no adapter_model.safetensors (pickled adapter weights are not loaded)")
+        key = f"lora{next(self._lora_ids)}"  # peft's names may not hold '.', ours may
+        with self.lock:
+            if name in self._adapters:
+                raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
+            if self._lora is None:
+                self._lora = PeftModel.from_pretrained(shared_view(self.base), str(folder), adapter_name=key).eval()
+            else:
+                try:
+                    self._lora.load_adapter(str(folder), adapter_name=key)
+                except Exception:
+                    if key in self._lora.peft_config:  # half loaded: take it out again
+                        self._lora.delete_adapter(key)
+                    raise
+            adapter = Adapter(name, folder, "lora", self._lora, key)
+            self._adapters[name] = adapter
+        return adapter
+
+    def _load(self, folder: Path, kind: str) -> Any:
         from tunelab.training.methods import load_artifact
 
-        kind = adapter_kind(folder)
         view = shared_view(self.base)
         if kind in ("selective", "adapter"):
             from tunelab.training.methods._common import read_artifact
 
             _unshare(view, list(read_artifact(folder)[1]))
-        return kind, load_artifact(view, folder).eval()
+        return load_artifact(view, folder).eval()
 
     def remove(self, name: str) -> None:
         if name == BASE:
             raise AdapterError("the base model cannot be unloaded", 409)
-        with self._lock:
-            if self._adapters.pop(name, None) is None:
+        with self.lock:
+            adapter = self._adapters.pop(name, None)
+            if adapter is None:
                 raise AdapterError(f"no adapter named '{name}' is loaded", 404)
+            if adapter.lora_name is not None:
+                if any(a.lora_name is not None for a in self._adapters.values()):
+                    self._lora.delete_adapter(adapter.lora_name)
+                else:
+                    self._lora = None  # the last LoRA adapter: the whole view goes
+
+
+@contextmanager
+def _as_adapter_error(folder: Path) -> Iterator[None]:
+    """A broken or foreign adapter folder is the caller's input: 422, not a crash."""
+    try:
+        yield
+    except AdapterError:
+        raise
+    except TunelabError as exc:
+        raise AdapterError(str(exc), 422) from None
+    except Exception as exc:  # noqa: BLE001
+        raise AdapterError(f"{folder}: cannot be loaded onto this base model: {type(exc).__name__}: {exc}", 422) from None

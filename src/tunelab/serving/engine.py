@@ -1,7 +1,7 @@
 """Batching for the server: requests wait in a bounded queue; one worker thread takes the
-oldest, gathers every queued request that can share its batch (same adapter, same
-sampling settings; each keeps its own max_tokens), and runs them through tunelab's
-batched generation. Streaming requests get their text as it is made; a cancelled request
+oldest, gathers every queued request that can share its batch (the same sampling
+settings, and the same adapter, or any LoRA adapter or the base: those mix in one batch;
+each keeps its own max_tokens), and runs them through tunelab's batched generation. Streaming requests get their text as it is made; a cancelled request
 (its client went away) leaves the batch at the next token.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from tunelab.generation.batched import Generation, generate_from_ids
 from tunelab.generation.settings import GenerationSettings
-from tunelab.serving.adapters import AdapterSet
+from tunelab.serving.adapters import AdapterError, AdapterSet
 
 
 class QueueFull(Exception):
@@ -35,9 +35,9 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     result: Future = field(default_factory=Future)
 
-    def batch_key(self) -> tuple:
+    def sampling_key(self) -> tuple:
         s = self.settings
-        return (self.adapter, s.do_sample, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.stop, s.seed)
+        return (s.do_sample, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.stop, s.seed)
 
 
 class TextDeltas:
@@ -105,14 +105,15 @@ class BatchingEngine:
     # -- the worker -------------------------------------------------------------------------
     def _gather(self) -> None:
         """Move queued requests to ``pending``: block for the first, then wait a few
-        milliseconds for companions (concurrent clients arrive together)."""
+        milliseconds for companions (concurrent clients arrive together), no longer
+        than it takes to fill a batch."""
         if not self.pending:
             try:
                 self.pending.append(self.queue.get(timeout=0.2))
             except queue.Empty:
                 return
         deadline = time.monotonic() + self.batch_wait
-        while True:
+        while len(self.pending) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
                 self.pending.append(self.queue.get(timeout=max(remaining, 0)) if remaining > 0 else self.queue.get_nowait())
@@ -127,8 +128,12 @@ class BatchingEngine:
             request.result.cancel()
         if not self.pending:
             return []
-        key = self.pending[0].batch_key()
-        batch = [r for r in self.pending if r.batch_key() == key][: self.max_batch_size]
+
+        def key(request: Request) -> tuple:
+            return self.adapters.batch_group(request.adapter), request.sampling_key()
+
+        first = key(self.pending[0])
+        batch = [r for r in self.pending if key(r) == first][: self.max_batch_size]
         for request in batch:
             self.pending.remove(request)
         return batch
@@ -136,15 +141,32 @@ class BatchingEngine:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._gather()
-            batch = self._next_batch()
-            if batch:
-                self._generate(batch)
+            with self.adapters.lock:  # no adapter comes or goes between forming and running a batch
+                batch = self._next_batch()
+                if batch:
+                    self._generate(batch)
+
+    def _route(self, batch: list[Request]) -> tuple[list[Request], Any, list[str] | None]:
+        """The requests whose adapter is still loaded, their model, and for a mixed LoRA
+        batch each row's adapter name. A request for an unloaded adapter fails alone."""
+        routed, model, names = [], None, []
+        for request in batch:
+            try:
+                model, name = self.adapters.route(request.adapter)
+            except AdapterError as exc:
+                request.result.set_exception(exc)
+                continue
+            routed.append(request)
+            names.append(name)
+        return routed, model, (names if routed and names[0] is not None else None)
 
     def _generate(self, batch: list[Request]) -> None:
         for request in batch:
             request.result.set_running_or_notify_cancel()
+        batch, model, adapter_names = self._route(batch)
+        if not batch:
+            return
         try:
-            model = self.adapters.get(batch[0].adapter).model
             settings = batch[0].settings
             if settings.do_sample and settings.seed < 0:  # no seed asked for: a fresh one per batch
                 settings = replace(settings, seed=next(self.seeds))
@@ -162,7 +184,8 @@ class BatchingEngine:
                 return True
 
             outputs = generate_from_ids(model, self.tokenizer, [r.prompt_ids for r in batch], settings, progress=False,
-                                        max_new_tokens=[r.settings.max_new_tokens for r in batch], on_token=on_token)
+                                        max_new_tokens=[r.settings.max_new_tokens for r in batch], on_token=on_token,
+                                        adapter_names=adapter_names)
         except Exception as exc:  # noqa: BLE001 - every waiting client must hear of it
             for request in batch:
                 request.result.set_exception(exc)
