@@ -113,12 +113,12 @@ def generate_from_ids(
             rows = order[start : start + settings.batch_size]
             routing = _RowAdapters(model, [adapter_names[i] for i in rows]) if adapter_names is not None else None
             extra = {"routing": routing} if routing is not None else {}
-            decoder = decoder_class(
-                model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens, **extra
-            )
             limits = [max_new_tokens[i] for i in rows] if max_new_tokens is not None else None
             callback = (lambda j, token, rows=rows: on_token(rows[j], token)) if on_token is not None else None
-            try:
+            try:  # the decoder's constructor runs the encoder already: the hooks come off whatever happens
+                decoder = decoder_class(
+                    model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens, **extra
+                )
                 outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits, callback)
             finally:
                 if routing is not None:
@@ -146,9 +146,7 @@ def _check_adapter_names(model: Any, names: Sequence[str], count: int) -> None:
         raise TunelabError(f"adapter_names has {len(names)} names for {count} prompts")
     if _is_prompt_learning(model):
         raise TunelabError("mixed-adapter batches are for LoRA adapters; this model uses a soft prompt")
-    known = {BASE_ADAPTER}
-    for layer in _lora_layers(model):
-        known.update(getattr(layer, "lora_A", {}).keys())
+    known = {BASE_ADAPTER, *getattr(model, "peft_config", {})}
     unknown = sorted(set(names) - known)
     if unknown:
         raise TunelabError(f"no LoRA adapter named {', '.join(unknown)} in this model; it has {', '.join(sorted(known))}")

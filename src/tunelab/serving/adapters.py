@@ -9,7 +9,8 @@ adapters per request is picking a view: nothing is reloaded, merged or unmerged.
 
 LoRA adapters all go into one view, as named peft adapters, so requests for different
 LoRA adapters and for the base share a batch: peft's mixed-batch forward sends each row
-through its own adapter.
+through its own adapter. (A LoRA variant that path cannot take, such as DoRA, gets a
+view of its own.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,8 +45,8 @@ class Adapter:
     name: str
     path: Path | None
     kind: str
-    model: Any  # the view with the adapter applied (the base itself for "base")
-    lora_name: str | None = None  # a LoRA adapter's name inside the shared LoRA view
+    model: Any  # the view with the adapter applied (the base itself for "base"; the shared view for LoRA)
+    lora_name: str | None = None  # a LoRA adapter's name inside the shared LoRA view (see AdapterSet.route)
 
 
 def shared_view(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,44 +120,70 @@ class AdapterSet:
         self.base = model.eval()
         self.allowed_dir = None if allowed_dir is None else Path(allowed_dir).resolve()
         self._adapters: dict[str, Adapter] = {BASE: Adapter(BASE, None, "base", self.base)}
-        # The batch worker holds the lock while it forms and runs a batch, so the shared
-        # LoRA view never changes under a forward pass.
-        self.lock = threading.RLock()
-        self._lora: Any = None  # the view that holds every LoRA adapter
+        self._registry = threading.Lock()  # the name -> adapter table; held for moments only
+        # The shared LoRA view changes only between batches: the batch worker holds
+        # _lora_lock while it forms and runs one, and a change waiting for it goes first.
+        self._lora_lock = threading.Lock()
+        self._changes_waiting = 0
+        self._lora: Any = None  # the view that holds every mixable LoRA adapter
         self._lora_ids = itertools.count()
 
     def names(self) -> list[str]:
-        with self.lock:
+        with self._registry:
             return list(self._adapters)
 
     def describe(self) -> list[dict[str, Any]]:
-        with self.lock:
+        with self._registry:
             return [{"name": a.name, "kind": a.kind, "path": None if a.path is None else str(a.path)} for a in self._adapters.values()]
 
     def get(self, name: str) -> Adapter:
-        with self.lock:
+        with self._registry:
             adapter = self._adapters.get(name)
         if adapter is None:
             raise AdapterError(f"the model '{name}' does not exist; available: {', '.join(self.names())}", 404)
         return adapter
 
-    def route(self, name: str) -> tuple[Any, str | None]:
-        """The model that serves ``name``, and the peft adapter name to give its row in a
-        mixed LoRA batch (None: a model of its own, batched alone)."""
-        with self.lock:
-            adapter = self.get(name)
-            if adapter.lora_name is not None:
-                return adapter.model, adapter.lora_name
-            if adapter.name == BASE and self._lora is not None:
-                from tunelab.generation.batched import BASE_ADAPTER
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Held by the batch worker while it forms and runs a batch: no LoRA adapter comes or
+        goes meanwhile. A waiting load or unload goes before the next batch."""
+        while self._changes_waiting:
+            time.sleep(0.002)
+        with self._lora_lock:
+            yield
 
-                return self._lora, BASE_ADAPTER
-            return adapter.model, None
+    @contextmanager
+    def _changing_lora(self) -> Iterator[None]:
+        with self._registry:
+            self._changes_waiting += 1
+        try:
+            with self._lora_lock:
+                yield
+        finally:
+            with self._registry:
+                self._changes_waiting -= 1
+
+    def route(self, name: str) -> tuple[Any, str | None]:
+        """The model that serves ``name``, and the name to give its rows in a mixed LoRA
+        batch (``adapter_names`` of generate_from_ids), or None for a model of its own.
+        Use this, not ``get(name).model``: the shared LoRA view serves several adapters."""
+        with self._registry:
+            adapter = self._adapters.get(name)
+            lora = self._lora
+        if adapter is None:
+            return self.get(name).model, None  # raises the 404
+        if adapter.lora_name is not None:
+            return adapter.model, adapter.lora_name
+        if adapter.name == BASE and lora is not None:
+            from tunelab.generation.batched import BASE_ADAPTER
+
+            return lora, BASE_ADAPTER
+        return adapter.model, None
 
     def batch_group(self, name: str) -> tuple[str, ...]:
-        """Requests of one group can share a batch: every LoRA adapter and the base form one
-        (through the shared LoRA view); any other adapter is a group of its own."""
-        with self.lock:
+        """Requests of one group can share a batch: the mixable LoRA adapters and the base
+        form one (through the shared LoRA view); any other adapter is a group of its own."""
+        with self._registry:
             adapter = self._adapters.get(name)
             if adapter is not None and (adapter.lora_name is not None or (name == BASE and self._lora is not None)):
                 return ("lora",)
@@ -179,15 +207,18 @@ class AdapterSet:
         _check_safetensors(folder)
         with _as_adapter_error(folder):
             kind = adapter_kind(folder)
-            if kind == "lora":
+            if kind == "lora" and mixable_lora(_peft_config(folder)):
                 return self._add_lora(name, folder)
             model = self._load(folder, kind)
         adapter = Adapter(name, folder, kind, model)
-        with self.lock:
-            if name in self._adapters:
-                raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
-            self._adapters[name] = adapter
+        self._register(adapter)
         return adapter
+
+    def _register(self, adapter: Adapter) -> None:
+        with self._registry:
+            if adapter.name in self._adapters:
+                raise AdapterError(f"an adapter named '{adapter.name}' is already loaded; unload it first", 409)
+            self._adapters[adapter.name] = adapter
 
     def _add_lora(self, name: str, folder: Path) -> Adapter:
         from peft import PeftModel
@@ -197,20 +228,23 @@ class AdapterSet:
         if not (folder / "adapter_model.safetensors").is_file():
             raise MethodError(f"{folder}: no adapter_model.safetensors (pickled adapter weights are not loaded)")
         key = f"lora{next(self._lora_ids)}"  # peft's names may not hold '.', ours may
-        with self.lock:
-            if name in self._adapters:
+        with self._changing_lora():
+            if name in self.names():
                 raise AdapterError(f"an adapter named '{name}' is already loaded; unload it first", 409)
             if self._lora is None:
-                self._lora = PeftModel.from_pretrained(shared_view(self.base), str(folder), adapter_name=key).eval()
+                lora = PeftModel.from_pretrained(shared_view(self.base), str(folder), adapter_name=key).eval()
             else:
+                lora = self._lora
                 try:
-                    self._lora.load_adapter(str(folder), adapter_name=key)
+                    lora.load_adapter(str(folder), adapter_name=key)
                 except Exception:
-                    if key in self._lora.peft_config:  # half loaded: take it out again
-                        self._lora.delete_adapter(key)
+                    if key in lora.peft_config:  # half loaded: take it out again
+                        lora.delete_adapter(key)
+                        lora.set_adapter(next(iter(lora.peft_config)))
                     raise
-            adapter = Adapter(name, folder, "lora", self._lora, key)
-            self._adapters[name] = adapter
+            adapter = Adapter(name, folder, "lora", lora, key)
+            self._register(adapter)
+            self._lora = lora
         return adapter
 
     def _load(self, folder: Path, kind: str) -> Any:
@@ -221,20 +255,46 @@ class AdapterSet:
             from tunelab.training.methods._common import read_artifact
 
             _unshare(view, list(read_artifact(folder)[1]))
+        elif _peft_config(folder).get("bias", "none") != "none":  # peft writes trained biases into the layers
+            _unshare(view, [n for n, _ in view.named_parameters() if n.endswith(".bias")])
         return load_artifact(view, folder).eval()
 
     def remove(self, name: str) -> None:
         if name == BASE:
             raise AdapterError("the base model cannot be unloaded", 409)
-        with self.lock:
-            adapter = self._adapters.pop(name, None)
-            if adapter is None:
-                raise AdapterError(f"no adapter named '{name}' is loaded", 404)
-            if adapter.lora_name is not None:
-                if any(a.lora_name is not None for a in self._adapters.values()):
-                    self._lora.delete_adapter(adapter.lora_name)
-                else:
-                    self._lora = None  # the last LoRA adapter: the whole view goes
+        adapter = self.get(name)
+        if adapter.lora_name is None:
+            with self._registry:
+                if self._adapters.pop(name, None) is None:
+                    raise AdapterError(f"no adapter named '{name}' is loaded", 404)
+            return
+        with self._changing_lora():
+            with self._registry:
+                if self._adapters.pop(name, None) is None:
+                    raise AdapterError(f"no adapter named '{name}' is loaded", 404)
+                rest = [a.lora_name for a in self._adapters.values() if a.lora_name is not None]
+            if rest:
+                self._lora.delete_adapter(adapter.lora_name)
+                self._lora.set_adapter(rest[0])  # peft may leave the deleted one active
+            else:
+                self._lora = None  # the last LoRA adapter: the whole view goes
+
+
+def _peft_config(folder: Path) -> dict[str, Any]:
+    import json
+
+    path = folder / "adapter_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def mixable_lora(config: dict[str, Any]) -> bool:
+    """Whether peft's mixed-batch forward takes this LoRA adapter. DoRA refuses
+    ``adapter_names``; modules_to_save, trainable tokens and biases change layers outside
+    LoRA's own; aLoRA needs offsets; parameter targets have no mixed path. Those get a
+    view of their own instead."""
+    return (not config.get("use_dora") and not config.get("modules_to_save") and config.get("bias", "none") == "none"
+            and not config.get("target_parameters") and not config.get("alora_invocation_tokens")
+            and not config.get("trainable_token_indices") and not config.get("layer_replication"))
 
 
 @contextmanager

@@ -252,8 +252,8 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
         """A request's result; a failure in generation becomes an OpenAI-shaped error."""
         try:
             return future.result()
-        except AdapterError:  # its adapter was unloaded while it waited: 404 model_not_found
-            raise
+        except AdapterError as exc:  # its adapter was unloaded while it waited
+            raise ApiError(exc.status, str(exc), param="model", code="model_not_found" if exc.status == 404 else None) from None
         except TunelabError as exc:  # the request asked for something the model cannot do
             raise ApiError(400, str(exc)) from None
         except Exception as exc:  # noqa: BLE001

@@ -141,7 +141,7 @@ class BatchingEngine:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._gather()
-            with self.adapters.lock:  # no adapter comes or goes between forming and running a batch
+            with self.adapters.batch():  # no LoRA adapter comes or goes between forming and running a batch
                 batch = self._next_batch()
                 if batch:
                     self._generate(batch)
