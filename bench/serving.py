@@ -1,6 +1,7 @@
 """Serving throughput: 32 concurrent clients, two adapters, batching against one at a time.
 
     python bench/serving.py [--clients 32] [--max-tokens 60] [--adapter A=PATH --adapter B=PATH]
+                            [--max-batch-size 16] [--batch-wait-ms 5]
 
 The default model is served with two adapters (default: the DialogSum LoRA summarizer
 and its detoxified PPO continuation, runs/dialogsum-lora/final and
@@ -9,7 +10,7 @@ been trained). 32 clients at once, in a process of their own, each ask for the s
 a DialogSum test dialogue (greedy, chat API), half through each adapter, on a real
 uvicorn server over loopback:
 
-  * batched: tunelab's batching (up to 16 requests per batch; LoRA adapters mix in one);
+  * batched: tunelab's batching (--max-batch-size, default 16; LoRA adapters mix in one);
   * one at a time: the same server with max_batch_size=1, every request alone.
 
 Then the cost of switching adapters: the same 8 requests alternating A, B, A, B one at a
@@ -95,6 +96,7 @@ def main() -> int:
     parser.add_argument("--adapter", action="append", default=[])
     parser.add_argument("--switch-requests", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=ServerSettingsDefaults.batch_wait_ms)
+    parser.add_argument("--max-batch-size", type=int, default=ServerSettingsDefaults.max_batch_size)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving.json"))
     args = parser.parse_args()
 
@@ -120,7 +122,8 @@ def main() -> int:
 
     results = {"model": "smollm2-135m-instruct", "adapters": specs, "stand_in_adapters": stand_in, "clients": args.clients,
                "max_tokens": args.max_tokens, "threads": torch.get_num_threads()}
-    for mode, batch in (("batched", 16), ("one_at_a_time", 1)):
+    results["max_batch_size"], results["batch_wait_ms"] = args.max_batch_size, args.batch_wait_ms
+    for mode, batch in (("batched", args.max_batch_size), ("one_at_a_time", 1)):
         pool = AdapterSet(loaded.model)
         for spec in specs:
             name, path = spec.split("=", 1)
@@ -128,8 +131,10 @@ def main() -> int:
         server = LiveServer(create_app(loaded, pool, ServerSettings(max_batch_size=batch, max_tokens_limit=args.max_tokens,
                                                                     batch_wait_ms=args.batch_wait_ms)))
         run_clients(server.url, requests[:2], 2)  # warm-up
+        engine = server.app.app.state.engine
+        warm_up = len(engine.batch_sizes)
         results[mode] = run_clients_elsewhere(server.url, requests, args.clients)
-        results[mode]["batch_sizes"] = list(server.app.app.state.engine.batch_sizes)[2:]  # after the warm-up's two
+        results[mode]["batch_sizes"] = list(engine.batch_sizes)[warm_up:]
         server.close()
         print(mode, {k: v for k, v in results[mode].items() if k != "texts"}, flush=True)
     results["same_texts"] = results["batched"].pop("texts") == results["one_at_a_time"].pop("texts")
@@ -153,13 +158,16 @@ def main() -> int:
         adapted = load_artifact(copy_, path)
         merged[name] = adapted.merge_and_unload() if hasattr(adapted, "merge_and_unload") else adapted
     timings = {}
-    for label, pick in (("views", pool.route), ("merged", lambda n: (merged[n], None))):
+    def served_alone(name):  # as the server runs a batch of one adapter's requests
+        model, lora_name = pool.route(name)
+        return pool.for_rows(model, [lora_name])
+
+    for label, pick in (("views", served_alone), ("merged", lambda n: (merged[n], None))):
         started, tokens = time.perf_counter(), 0
         for i, prompt in enumerate(prompts):
-            model, lora_name = pick(names[i % 2])
+            model, adapter_names = pick(names[i % 2])
             ids = [loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
-            out = generate_from_ids(model, loaded.tokenizer, ids, settings, progress=False,
-                                    adapter_names=None if lora_name is None else [lora_name])
+            out = generate_from_ids(model, loaded.tokenizer, ids, settings, progress=False, adapter_names=adapter_names)
             tokens += len(out[0].token_ids)
         timings[label] = {"seconds": round(time.perf_counter() - started, 2), "tokens": tokens}
     base_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())

@@ -180,6 +180,23 @@ class AdapterSet:
             return lora, BASE_ADAPTER
         return adapter.model, None
 
+    def for_rows(self, model: Any, names: list[str | None]) -> tuple[Any, list[str] | None]:
+        """The model and per-row adapter names for a batch routed to ``model``. A batch on
+        the shared LoRA view with one adapter runs it as the active adapter (peft's plain
+        forward; the mixed one costs gathers and scatters in every LoRA layer), and a batch
+        of base requests runs on the base itself. Call it inside ``batch()``."""
+        if names[0] is None:
+            return model, None
+        if len(set(names)) > 1:
+            return model, list(names)  # type: ignore[arg-type]
+        from tunelab.generation.batched import BASE_ADAPTER
+
+        if names[0] == BASE_ADAPTER:
+            return self.base, None
+        if model.active_adapter != names[0]:
+            model.set_adapter(names[0], inference_mode=True)
+        return model, None
+
     def batch_group(self, name: str) -> tuple[str, ...]:
         """Requests of one group can share a batch: the mixable LoRA adapters and the base
         form one (through the shared LoRA view); any other adapter is a group of its own."""
@@ -240,7 +257,7 @@ class AdapterSet:
                 except Exception:
                     if key in lora.peft_config:  # half loaded: take it out again
                         lora.delete_adapter(key)
-                        lora.set_adapter(next(iter(lora.peft_config)))
+                        lora.set_adapter(next(iter(lora.peft_config)), inference_mode=True)
                     raise
             adapter = Adapter(name, folder, "lora", lora, key)
             self._register(adapter)
@@ -275,7 +292,7 @@ class AdapterSet:
                 rest = [a.lora_name for a in self._adapters.values() if a.lora_name is not None]
             if rest:
                 self._lora.delete_adapter(adapter.lora_name)
-                self._lora.set_adapter(rest[0])  # peft may leave the deleted one active
+                self._lora.set_adapter(rest[0], inference_mode=True)  # peft may leave the deleted one active
             else:
                 self._lora = None  # the last LoRA adapter: the whole view goes
 

@@ -158,7 +158,10 @@ class BatchingEngine:
                 continue
             routed.append(request)
             names.append(name)
-        return routed, model, (names if routed and names[0] is not None else None)
+        if not routed:
+            return routed, None, None
+        model, adapter_names = self.adapters.for_rows(model, names)
+        return routed, model, adapter_names
 
     def _generate(self, batch: list[Request]) -> None:
         for request in batch:
