@@ -122,13 +122,15 @@ class DPOTrainer(Trainer):
 
     @torch.no_grad()
     def _precompute(self, rows: list[dict[str, Any]], desc: str) -> None:
-        """The policy before its first update is the reference: score every pair with it."""
+        """The policy before its first update is the reference: score every pair with it,
+        in batches of similar length (little padding to compute)."""
         from tqdm.auto import tqdm
 
         size = self.config.batch_size
+        order = sorted(range(len(rows)), key=lambda i: self.row_length(rows[i]), reverse=True)
         self.model.eval()
         for start in tqdm(range(0, len(rows), size), desc=desc, unit="batch", disable=not self.progress):
-            indices = list(range(start, min(start + size, len(rows))))
+            indices = order[start : start + size]
             values = sequence_logps(self.model, self._batch(indices, rows), self.loaded.is_encoder_decoder)[0].cpu().tolist()
             half = len(indices)
             for k, i in enumerate(indices):
