@@ -218,7 +218,7 @@ def _demo_alignment(job: DemoJob, summarizer: Path) -> None:
     ppo_dir = job.out_dir / "detox-ppo"
     config = load_recipe(Path("recipes/dialogsum-detox-ppo.yaml"), [
         f"max_steps={job.ppo_steps}", f"ppo.init_adapter={summarizer}", f"ppo.reward={classifier.artifact}",
-        "ppo.rollout_batch_size=8", "eval_data=null", f"output_dir={ppo_dir}", f"model={job.model}", "save_steps=0"])
+        "ppo.rollout_batch_size=8", "ppo.ppo_epochs=1", "eval_data=null", f"output_dir={ppo_dir}", f"model={job.model}", "save_steps=0"])
     print(f"tunelab demo: PPO, {job.ppo_steps} steps of 8 rollouts, reward = the classifier's 'neither' logit", file=sys.stderr)
     train(config)
     print("\n| PPO step | reward | KL | entropy | response tokens | seconds (generate / score / update) |\n|---:|---:|---:|---:|---:|---|")
