@@ -1,7 +1,7 @@
 """Serving throughput: 32 concurrent clients, two adapters, batching against one at a time.
 
     python bench/serving.py [--clients 32] [--max-tokens 60] [--adapter A=PATH --adapter B=PATH]
-                            [--max-batch-size 16] [--batch-wait-ms 5]
+                            [--max-batch-size 16] [--batch-wait-ms 5] [--dtype bfloat16]
 
 The default model is served with two adapters (default: the DialogSum LoRA summarizer
 and its detoxified PPO continuation, runs/dialogsum-lora/final and
@@ -89,6 +89,38 @@ def run_clients(url: str, requests: list[dict], clients: int) -> dict:
             "texts": [r[1]["choices"][0]["message"]["content"] for r in results]}
 
 
+def prefill_bound(pool, tokenizer, requests: list[dict], names: list[str], batch_size: int, alone_seconds: float) -> dict:
+    """How much of serving is reading the prompts. Each request's prompt is run through
+    the model with one new token, one at a time and in the server's batches (adapters
+    mixed as the server mixes them). Batched serving can be no faster than its prefill
+    alone, so one-at-a-time seconds / batched prefill seconds bounds the speed-up even if
+    decoding cost nothing."""
+    from tunelab.generation import GenerationSettings
+    from tunelab.generation.batched import generate_from_ids
+
+    ids = [tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"] for r in requests]  # as the server does
+    routes = [pool.route(r["model"]) for r in requests]
+    if len({id(model) for model, _ in routes}) > 1:
+        return {"skipped": "the adapters do not batch together (not all LoRA)"}
+    one = GenerationSettings(max_new_tokens=1, batch_size=1)
+    started = time.perf_counter()
+    for prompt, (model, lora_name) in zip(ids, routes):
+        model, adapter_names = pool.for_rows(model, [lora_name])
+        generate_from_ids(model, tokenizer, [prompt], one, progress=False, adapter_names=adapter_names)
+    alone = time.perf_counter() - started
+    started = time.perf_counter()
+    for start in range(0, len(ids), batch_size):
+        part = routes[start : start + batch_size]
+        model, adapter_names = pool.for_rows(part[0][0], [name for _, name in part])
+        generate_from_ids(model, tokenizer, ids[start : start + batch_size], GenerationSettings(max_new_tokens=1, batch_size=batch_size),
+                          progress=False, adapter_names=adapter_names)
+    batched = time.perf_counter() - started
+    return {"prompt_tokens": sum(len(p) for p in ids), "seconds_one_at_a_time": round(alone, 2), "seconds_batched": round(batched, 2),
+            "share_of_one_at_a_time_serving": round(alone / alone_seconds, 2),
+            "speedup_bound_if_decoding_were_free": round(alone_seconds / batched, 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -97,6 +129,7 @@ def main() -> int:
     parser.add_argument("--switch-requests", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=ServerSettingsDefaults.batch_wait_ms)
     parser.add_argument("--max-batch-size", type=int, default=ServerSettingsDefaults.max_batch_size)
+    parser.add_argument("--dtype", default="auto", help="the served weights' dtype (auto = float32 on a CPU)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving.json"))
     args = parser.parse_args()
 
@@ -109,7 +142,7 @@ def main() -> int:
     from tunelab.serving.adapters import AdapterSet
     from tunelab.serving.app import ServerSettings, create_app
 
-    loaded = load_model("smollm2-135m-instruct")
+    loaded = load_model("smollm2-135m-instruct", dtype=args.dtype)
     specs = args.adapter or [f"{n}={p}" for n, p in (("A", "runs/dialogsum-lora/final"), ("B", "runs/dialogsum-detox-ppo/final"))]
     stand_in = not all(Path(s.split("=", 1)[1]).is_dir() for s in specs)
     if stand_in:
@@ -122,7 +155,7 @@ def main() -> int:
 
     results = {"model": "smollm2-135m-instruct", "adapters": specs, "stand_in_adapters": stand_in, "clients": args.clients,
                "max_tokens": args.max_tokens, "threads": torch.get_num_threads()}
-    results["max_batch_size"], results["batch_wait_ms"] = args.max_batch_size, args.batch_wait_ms
+    results.update(max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, dtype=str(loaded.model.dtype))
     for mode, batch in (("batched", args.max_batch_size), ("one_at_a_time", 1)):
         pool = AdapterSet(loaded.model)
         for spec in specs:
@@ -154,7 +187,7 @@ def main() -> int:
     merged = {}
     for spec in specs:
         name, path = spec.split("=", 1)
-        copy_ = load_model("smollm2-135m-instruct").model
+        copy_ = load_model("smollm2-135m-instruct", dtype=args.dtype).model
         adapted = load_artifact(copy_, path)
         merged[name] = adapted.merge_and_unload() if hasattr(adapted, "merge_and_unload") else adapted
     timings = {}
@@ -183,6 +216,9 @@ def main() -> int:
         "memory_mb_merged": round(len(names) * base_bytes / 2**20, 1),
     }
     print("switching", results["switching"], flush=True)
+    results["prefill"] = prefill_bound(pool, loaded.tokenizer, requests, names, args.max_batch_size,
+                                       results["one_at_a_time"]["seconds"])
+    print("prefill", results["prefill"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"batched {results['batched']['tokens_per_second']} tok/s vs one at a time {results['one_at_a_time']['tokens_per_second']} "
