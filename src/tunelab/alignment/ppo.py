@@ -136,22 +136,21 @@ def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, tor
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
+def _prompt_mask(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
+    """The attention mask's prompt columns (a decoder-only batch ends with the responses)."""
+    response_width = 0 if is_encoder_decoder else batch["responses"].shape[1]
+    return batch["attention_mask"][:, : batch["attention_mask"].shape[1] - response_width]
+
+
 def trim_prompt_padding(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> dict[str, torch.Tensor]:
     """Drop the prompt columns that are padding in every row (a minibatch's longest prompt
     is often much shorter than the rollout batch's): the same log-probs, less compute.
     Decoder-only prompts are left-padded, encoder inputs right-padded."""
-    response_width = 0 if is_encoder_decoder else batch["responses"].shape[1]
-    prompt_mask = batch["attention_mask"][:, : batch["attention_mask"].shape[1] - response_width]
-    used = prompt_mask.any(dim=0).nonzero()
+    used = _prompt_mask(batch, is_encoder_decoder).any(dim=0).nonzero()
     if len(used) == 0:
         return batch
     keep = slice(0, int(used[-1]) + 1) if is_encoder_decoder else slice(int(used[0]), None)
     return {k: (v[:, keep] if k in PROMPT_KEYS else v) for k, v in batch.items()}
-
-
-def prompt_lengths(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
-    response_width = 0 if is_encoder_decoder else batch["responses"].shape[1]
-    return batch["attention_mask"][:, : batch["attention_mask"].shape[1] - response_width].sum(dim=1)
 
 
 # -- the trainer --------------------------------------------------------------------------------
@@ -275,7 +274,7 @@ class PPOTrainer(Trainer):
     def _by_length(self, batch: dict[str, torch.Tensor], compute) -> tuple[torch.Tensor, ...]:
         """``compute(part)`` over minibatch-sized parts of similar prompt length, each with
         its padding trimmed; the results are put back in the batch's row order."""
-        order = prompt_lengths(batch, self.loaded.is_encoder_decoder).argsort(descending=True, stable=True)
+        order = _prompt_mask(batch, self.loaded.is_encoder_decoder).sum(dim=1).argsort(descending=True, stable=True)
         size = self.config.ppo.mini_batch_size
         parts = [compute(trim_prompt_padding(_select(batch, rows), self.loaded.is_encoder_decoder))
                  for rows in order.split(size)]

@@ -1,7 +1,8 @@
 """Batching for the server: requests wait in a bounded queue; one worker thread takes the
 oldest, gathers every queued request that can share its batch (the same sampling
 settings, and the same adapter, or any LoRA adapter or the base: those mix in one batch;
-each keeps its own max_tokens), and runs them through tunelab's batched generation. Streaming requests get their text as it is made; a cancelled request
+each keeps its own max_tokens), and runs them through tunelab's batched generation.
+Streaming requests get their text as it is made; a cancelled request
 (its client went away) leaves the batch at the next token.
 """
 
