@@ -29,11 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.serving.conftest import LiveServer  # noqa: E402  (a uvicorn server in a thread)
-from tunelab.serving.app import ServerSettings as ServerSettingsDefaults  # noqa: E402
+from tunelab.serving.app import ServerSettings as ServerSettingsDefaults
+from tunelab.web import LiveServer  # a uvicorn server in a thread
 
 
 def make_stand_in_adapters(model, folder: Path) -> list[str]:

@@ -1,7 +1,3 @@
-import socket
-import threading
-import time
-
 import pytest
 
 from tests.training.test_methods import make_config
@@ -55,25 +51,3 @@ def make_pool(model_dir, adapters, allowed_dir=None):
     for kind, folder in adapters.items():
         pool.add(kind, folder, trusted=True)
     return loaded, pool
-
-
-class LiveServer:
-    """An app on a real uvicorn server in a thread (concurrent clients, streaming)."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)

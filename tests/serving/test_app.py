@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.serving.conftest import KINDS, LiveServer, make_pool
+from tests.serving.conftest import KINDS, make_pool
+from tunelab.web import LiveServer
 from tunelab.generation import GenerationSettings, generate
 from tunelab.models import load_model
 from tunelab.serving.app import ServerSettings, create_app
