@@ -12,14 +12,17 @@ from pathlib import Path
 _TYPES = {"str": str, "int": int, "float": float, "Path": Path}
 
 
-def _add_dataclass_options(group, cls, *, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+def _add_dataclass_options(group, cls, *, skip: tuple[str, ...] = (), required: tuple[str, ...] = (),
+                           defaults: dict | None = None) -> None:
     """One option per dataclass field, help text and default from the field itself, so
-    the CLI and the Python API can't drift apart."""
+    the CLI and the Python API can't drift apart. ``defaults`` overrides shown defaults
+    for a command whose own default differs."""
     for f in dataclasses.fields(cls):
         if f.name in skip or "help" not in f.metadata:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = (defaults or {}).get(f.name, default)
         shown = default is not None and default is not False and default != ()
         help_text = f.metadata["help"].rstrip(".") + (f" (default: {default})." if shown else ".")
         base = f.type.replace(" | None", "")
@@ -169,13 +172,21 @@ def _label_parser(sub) -> None:
     serve.add_argument("--db", required=True, type=Path, help="the labeling database")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--secure-cookie", action="store_true", help="mark the sign-in cookie Secure (behind an HTTPS proxy)")
+    serve.add_argument("--secure-cookie", action="store_true",
+                       help="served over HTTPS (behind a TLS proxy): a __Host- prefixed Secure cookie, and HSTS")
+    _http_options(serve, max_body_bytes=LABEL_MAX_BODY_BYTES)
     users = actions.add_parser("users", help="labelers and admins")
     user_actions = users.add_subparsers(dest="user_action", metavar="ACTION", required=True)
     add = user_actions.add_parser("add", help="create a user and print their personal token (shown once)")
     add.add_argument("name", help="the user's name")
     add.add_argument("--db", required=True, type=Path, help="the labeling database")
     add.add_argument("--admin", action="store_true", help="an admin sees progress and agreement")
+    revoke = user_actions.add_parser("revoke", help="stop a user's token working at once (their judgements stay)")
+    revoke.add_argument("name", help="the user's name")
+    revoke.add_argument("--db", required=True, type=Path, help="the labeling database")
+    rotate = user_actions.add_parser("rotate", help="give a user a new token (the old one stops working); print it once")
+    rotate.add_argument("name", help="the user's name")
+    rotate.add_argument("--db", required=True, type=Path, help="the labeling database")
     listing = user_actions.add_parser("list", help="list users")
     listing.add_argument("--db", required=True, type=Path, help="the labeling database")
     status = actions.add_parser("status", help="progress and inter-labeler agreement")
@@ -195,15 +206,36 @@ def _serve_parser(sub) -> None:
     p.add_argument("--adapter-dir", type=Path, help="the only directory the admin API may load adapters from")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", action="append", default=[], help="require this key (Authorization: Bearer KEY); repeatable. "
-                   "Also read from TUNELAB_API_KEYS (comma-separated)")
-    p.add_argument("--admin-token", help="enable /admin/adapters with this token (or TUNELAB_ADMIN_TOKEN)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="most requests generated together (default: 16)")
-    p.add_argument("--max-queue", type=int, default=256, help="most waiting requests; more get 429 (default: 256)")
-    p.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask (default: 512)")
-    p.add_argument("--batch-wait-ms", type=float,
-                   help="how long the batcher waits for requests to join the oldest one (default: ServerSettings.batch_wait_ms)")
     p.add_argument("--dtype", default="auto", help="weights dtype: auto, float32, bfloat16, float16 (default: auto)")
+    keys = p.add_argument_group("keys (files or the environment: a key on the command line shows in `ps`)")
+    keys.add_argument("--api-key-file", type=Path, help="require one of the keys in this file (one per line; "
+                      "Authorization: Bearer KEY). Also read from TUNELAB_API_KEYS (comma-separated)")
+    keys.add_argument("--admin-token-file", type=Path, help="enable /admin/adapters with the token in this file "
+                      "(or TUNELAB_ADMIN_TOKEN); at least 16 characters")
+    keys.add_argument("--api-key", action="append", default=[], help="a key on the command line (prefer --api-key-file); repeatable")
+    keys.add_argument("--admin-token", help="the admin token on the command line (prefer --admin-token-file)")
+    from tunelab.serving.settings import ServerSettings
+
+    _add_dataclass_options(p.add_argument_group("limits"), ServerSettings, skip=("api_keys", "admin_token", "http"))
+    _http_options(p)
+
+
+LABEL_MAX_BODY_BYTES = 64 * 1024  # the labeling app's bodies are small JSON rankings
+
+
+def _http_options(parser, **defaults) -> None:
+    from tunelab.web import HttpLimits
+
+    group = parser.add_argument_group("connections (tunelab.web.HttpLimits)")
+    _add_dataclass_options(group, HttpLimits, defaults=defaults)
+    group.set_defaults(**{f"http_default_{k}": v for k, v in defaults.items()})
+
+
+def _http_limits(args: argparse.Namespace):
+    from tunelab.web import HttpLimits
+
+    defaults = {k[len("http_default_"):]: v for k, v in vars(args).items() if k.startswith("http_default_")}
+    return _from_args(HttpLimits, args, **{k: v for k, v in defaults.items() if getattr(args, k, None) is None})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,8 +423,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.action == "serve":
         from tunelab.feedback.app import serve
 
-        print(f"labeling {args.db} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
-        serve(args.db, args.host, args.port, secure_cookie=args.secure_cookie)
+        print(f"labeling {args.db} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+        serve(args.db, args.host, args.port, secure_cookie=args.secure_cookie, http=_http_limits(args))
         return 0
     if args.action == "export":
         from tunelab.feedback.export import export
@@ -408,9 +440,17 @@ def cmd_label(args: argparse.Namespace) -> int:
         if args.action == "users" and args.user_action == "add":
             token = store.add_user(args.name, admin=args.admin)
             print(f"{'admin' if args.admin else 'labeler'} {args.name}: token {token}\n(shown once; only its hash is stored)")
+        elif args.action == "users" and args.user_action == "revoke":
+            store.revoke(args.name)
+            print(f"{args.name}: token revoked (signed-in sessions end at their next request); "
+                  f"`tunelab label users rotate {args.name}` issues a new one")
+        elif args.action == "users" and args.user_action == "rotate":
+            token = store.rotate(args.name)
+            print(f"{args.name}: new token {token}\n(shown once; the old token no longer works)")
         elif args.action == "users":
             for user in store.users():
-                print("\t".join([str(user.id), user.name] + (["admin"] if user.is_admin else [])))
+                print("\t".join([str(user.id), user.name] + (["admin"] if user.is_admin else [])
+                                 + (["revoked"] if user.revoked else [])))
         else:
             from tunelab.feedback.app import _stats
 
@@ -430,22 +470,40 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _secrets(args: argparse.Namespace) -> tuple[tuple[str, ...], str | None]:
+    """API keys and the admin token from files, the environment and (discouraged) the
+    command line, where every user of the machine can read them in `ps`."""
     import os
 
-    from tunelab.serving.app import ServerSettings, build_server, serve
+    from tunelab.web import read_secret_lines, unique
 
-    keys = tuple(args.api_key) + tuple(k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip())
-    optional = {"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}
-    settings = ServerSettings(api_keys=keys, admin_token=args.admin_token or os.environ.get("TUNELAB_ADMIN_TOKEN") or None,
-                              max_tokens_limit=args.max_tokens_limit, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
-                              **optional)
+    keys = list(args.api_key) + [k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip()]
+    if args.api_key_file:
+        keys += read_secret_lines(args.api_key_file)
+    token = args.admin_token or os.environ.get("TUNELAB_ADMIN_TOKEN") or None
+    if args.admin_token_file:
+        lines = read_secret_lines(args.admin_token_file)
+        if len(lines) != 1:
+            raise SystemExit(f"tunelab serve: {args.admin_token_file} must hold one token, on one line")
+        token = lines[0]
+    if args.api_key or args.admin_token:
+        print("tunelab serve: note: keys given on the command line are visible to every user in `ps`; "
+              "prefer --api-key-file / --admin-token-file or the environment", file=sys.stderr)
+    return unique(keys), token
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tunelab.serving.app import ServerSettings, build_server, serve
+    from tunelab.web import is_loopback
+
+    keys, token = _secrets(args)
+    settings = _from_args(ServerSettings, args, api_keys=keys, admin_token=token, http=_http_limits(args))
     app = build_server(args.model, args.adapter, adapter_dir=args.adapter_dir, settings=settings, dtype=args.dtype)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+    if not is_loopback(args.host) and not keys:
         print(f"tunelab serve: warning: listening on {args.host} with no API key; anyone who can reach it can use it",
               file=sys.stderr)
     print(f"serving {args.model} as 'base'" + "".join(f", {a.split('=')[0]}" for a in args.adapter)
-          + f" at http://{args.host}:{args.port}/v1 (Ctrl-C stops)")
+          + f" at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
     serve(app, args.host, args.port)
     return 0
 

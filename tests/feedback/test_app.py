@@ -112,6 +112,7 @@ def test_html_in_completions_is_shown_as_text(client, tokens):
     ({"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {"1": 1, "2": 2, "3": 3, "4": 4}, "duration_ms": 10**30}, 422, "duration_ms"),
 ])
 def test_bad_submissions_get_a_clear_4xx(client, tokens, body, status, message):
+    assert client.get("/api/next", headers=auth(tokens["ann"])).json()["prompt"]["id"] == 1  # ann holds prompt 1
     answer = client.post("/api/judgements", headers=auth(tokens["ann"]), json=body)
     assert answer.status_code == status and message in answer.json()["error"]
 
@@ -124,10 +125,12 @@ def test_malformed_oversized_and_non_json_bodies(client, tokens):
     assert answer.status_code == 413
     answer = client.post("/api/judgements", headers={**auth(tokens["ann"]), "Content-Type": "text/plain"}, content=b"{}")
     assert answer.status_code == 415
-    def chunks():
-        yield b"{}"
-    answer = client.post("/api/judgements", headers=headers, content=chunks())
-    assert answer.status_code == 411
+    def chunks(*parts):  # no Content-Length: the guard counts what arrives
+        yield from parts
+    answer = client.post("/api/judgements", headers=headers, content=chunks(b"{}"))
+    assert answer.status_code == 422 and "prompt_id" in answer.json()["error"]
+    answer = client.post("/api/judgements", headers=headers, content=chunks(*[b" " * 1024] * 5))
+    assert answer.status_code == 413
 
 
 def test_admin_sees_progress_and_agreement(client, tokens):

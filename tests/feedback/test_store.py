@@ -16,7 +16,7 @@ def ranks_for(prompt, order=None):
 def test_wal_and_schema_version(db):
     connection = sqlite3.connect(db)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_migrates_an_old_database(tmp_path):

@@ -22,7 +22,7 @@ PROMPTS = ["Where should we meet tomorrow?", "What time does the bank open?", "B
 @pytest.fixture
 def live(request, model_dir, trained_adapters, arch, tmp_path):
     loaded, pool = make_pool(model_dir, trained_adapters[arch], allowed_dir=tmp_path)
-    settings = getattr(request, "param", None) or ServerSettings(admin_token="admin-secret", max_tokens_limit=64)
+    settings = getattr(request, "param", None) or ServerSettings(admin_token="admin-secret-token-0123456789", max_tokens_limit=64)
     server = LiveServer(create_app(loaded, pool, settings))
     server.loaded = loaded
     yield server
@@ -171,7 +171,7 @@ def test_admin_loads_and_unloads_from_the_allowed_dir_only(live, trained_adapter
     (tmp_path / "mine").mkdir()
     for f in lora.iterdir():
         (tmp_path / "mine" / f.name).write_bytes(f.read_bytes())
-    admin = {"Authorization": "Bearer admin-secret"}
+    admin = {"Authorization": "Bearer admin-secret-token-0123456789"}
     assert httpx.post(live.url + "/admin/adapters", json={"name": "mine", "path": "mine"}).status_code == 401
     assert httpx.post(live.url + "/admin/adapters", json={"name": "mine", "path": "mine"}, headers={"Authorization": "Bearer x"}).status_code == 401
     escape = httpx.post(live.url + "/admin/adapters", json={"name": "out", "path": str(lora)}, headers=admin)

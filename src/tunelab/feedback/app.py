@@ -3,7 +3,9 @@
 Every request needs a labeler's token: as ``Authorization: Bearer TOKEN`` (scripts) or
 in the HttpOnly cookie the sign-in page sets (browsers). Pages escape every prompt and
 completion (Jinja autoescape) and forbid inline scripts by CSP, so a completion holding
-``<script>`` is shown as text. Request bodies need a Content-Length within a bound.
+``<script>`` is shown as text. Every request that changes something refuses a
+cross-site origin (a form on another site posting to /login or /logout). Bodies and
+connections are bounded by tunelab.web's guard.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.feedback.agreement import agreement_report
 from tunelab.feedback.store import LabelError, LabelStore, User
-from tunelab.web import BodyLimit
+from tunelab.web import HttpLimits, RequestGuard, internal_error_message, log_internal_error
 
 HERE = Path(__file__).parent
 MAX_ID = 2**63 - 1  # SQLite's INTEGER
 COOKIE = "tunelab_label_token"
+SECURE_COOKIE = "__Host-" + COOKIE  # with --secure-cookie: HTTPS only, this host only, path /
 MAX_BODY_BYTES = 64 * 1024
+HSTS = "max-age=31536000"
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -45,7 +50,7 @@ class Submission(BaseModel):
     submission_id: str = Field(description="A fresh UUID per judgement; resend the same one when retrying.")
     # strict: "1", 1.0 and true are not ranks
     ranks: dict[str, StrictInt | None] = Field(description="{completion id: rank (1 = best, equal = tie) or null (not relevant)}.")
-    duration_ms: int | None = Field(default=None, ge=0, le=MAX_ID, description="Time the labeler spent, for QA.")
+    duration_ms: int | None = Field(default=None, ge=0, le=MAX_ID, description="Ignored: the server measures the time from the lease.")
 
 
 class Revision(BaseModel):
@@ -57,9 +62,26 @@ class _Unauthorized(Exception):
     pass
 
 
-def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_cookie: bool = False) -> Any:
-    """The ASGI app over one labeling database (which must exist)."""
+def cross_site(request: Request) -> bool:
+    """A request a page on another site made the browser send: Sec-Fetch-Site says so, or
+    the Origin is not this host. Scripts send neither header, and are let through."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    netloc = origin.partition("://")[2]
+    return not netloc or netloc.lower() != request.headers.get("host", "").lower()  # "null" has no netloc
+
+
+def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_cookie: bool = False,
+               http: HttpLimits | None = None) -> Any:
+    """The ASGI app over one labeling database (which must exist). ``secure_cookie``: the
+    app is served over HTTPS (behind a TLS proxy): the cookie is ``__Host-``-prefixed and
+    Secure, and HSTS is sent."""
     LabelStore(db).close()  # fail now, with a clear message, if the database is missing or too new
+    cookie = SECURE_COOKIE if secure_cookie else COOKIE
+    limits = http or HttpLimits(max_body_bytes=max_body_bytes)
     local = threading.local()
 
     def store() -> LabelStore:
@@ -78,7 +100,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
 
     def current_user(request: Request) -> User:
         header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
+        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(cookie)
         user = store().user_for_token(token)
         if user is None:
             raise _Unauthorized()
@@ -91,11 +113,16 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
-        if request.method in ("POST", "PUT") and request.url.path.startswith("/api/"):
-            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                return JSONResponse({"error": "send JSON (Content-Type: application/json)"}, 415)
-        response = await call_next(request)
+        if request.method in UNSAFE_METHODS and cross_site(request):
+            response: Response = JSONResponse({"error": "refused: a cross-site request (Origin / Sec-Fetch-Site)"}, 403)
+        elif request.method in UNSAFE_METHODS and request.url.path.startswith("/api/") and \
+                request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            response = JSONResponse({"error": "send JSON (Content-Type: application/json)"}, 415)
+        else:
+            response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
+        if secure_cookie:
+            response.headers["Strict-Transport-Security"] = HSTS
         return response
 
     @app.exception_handler(_Unauthorized)
@@ -117,6 +144,10 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:  # a bug: the detail stays in the log
+        return JSONResponse({"error": internal_error_message(log_internal_error(exc, request.scope))}, 500)
+
     # -- pages ------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     def home(user: User = Depends(current_user)) -> Response:
@@ -132,13 +163,13 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
         if user is None:
             return render("login.html", 401, error="That token is not valid.")
         response = RedirectResponse("/admin" if user.is_admin else "/label", 303)
-        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", secure=secure_cookie)
+        response.set_cookie(cookie, token.strip(), httponly=True, samesite="strict", secure=secure_cookie, path="/")
         return response
 
     @app.post("/logout")
     def logout() -> Response:
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(cookie, path="/", secure=secure_cookie, httponly=True, samesite="strict")
         return response
 
     @app.get("/label", response_class=HTMLResponse)
@@ -164,7 +195,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
 
     @app.post("/api/judgements")
     def submit(body: Submission, user: User = Depends(current_user)) -> JSONResponse:
-        stored = store().submit(user, body.prompt_id, body.ranks, body.submission_id, body.duration_ms)
+        stored = store().submit(user, body.prompt_id, body.ranks, body.submission_id)
         return JSONResponse(stored, 200 if stored["duplicate"] else 201)
 
     @app.get("/api/judgements")
@@ -183,7 +214,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
     def stats(user: User = Depends(admin_user)) -> dict[str, Any]:
         return _stats(store())
 
-    return BodyLimit(app, max_body_bytes)
+    return RequestGuard(app, limits)
 
 
 def _shuffled(prompt: dict[str, Any], user: User) -> list[dict[str, Any]]:
@@ -200,10 +231,11 @@ def _stats(labels: LabelStore) -> dict[str, Any]:
     return {"progress": labels.progress(), "labels_per_prompt": labels.labels_per_prompt, **report}
 
 
-def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000, *, secure_cookie: bool = False) -> None:
-    import uvicorn
+def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000, *, secure_cookie: bool = False,
+          http: HttpLimits | None = None) -> None:
+    from tunelab.web import is_loopback, run
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         print(f"tunelab label serve: listening on {host}, beyond this machine; tokens travel in clear text "
               "unless a TLS proxy fronts the app (then pass --secure-cookie)")
-    uvicorn.run(create_app(db, secure_cookie=secure_cookie), host=host, port=port, log_level="warning")
+    run(create_app(db, secure_cookie=secure_cookie, http=http), host, port)

@@ -55,6 +55,12 @@ MIGRATIONS: list[str] = [
     """,
     # 2: how long a labeler spent on a judgement (labeler QA: too fast to have read it?)
     "ALTER TABLE judgements ADD COLUMN duration_ms INTEGER;",
+    # 3: when a prompt was handed out (the server measures a judgement's duration from it);
+    #    revoked users keep their judgements but can no longer sign in
+    """
+    ALTER TABLE leases ADD COLUMN leased_at REAL;
+    ALTER TABLE users ADD COLUMN revoked_at REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -74,6 +80,11 @@ class User:
     id: int
     name: str
     is_admin: bool
+    revoked: bool = False
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["id"], row["name"], bool(row["is_admin"]), row["revoked_at"] is not None)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -163,13 +174,34 @@ class LabelStore:
         return token
 
     def users(self) -> list[User]:
-        return [User(r["id"], r["name"], bool(r["is_admin"])) for r in self.db.execute("SELECT * FROM users ORDER BY id")]
+        return [_user(r) for r in self.db.execute("SELECT * FROM users ORDER BY id")]
 
     def user_for_token(self, token: str | None) -> User | None:
-        if not token:
+        if not token or len(token) > 200:
             return None
-        row = self.db.execute("SELECT * FROM users WHERE token_hash = ?", (hash_token(token),)).fetchone()
-        return None if row is None else User(row["id"], row["name"], bool(row["is_admin"]))
+        row = self.db.execute("SELECT * FROM users WHERE token_hash = ? AND revoked_at IS NULL", (hash_token(token),)).fetchone()
+        return None if row is None else _user(row)
+
+    def revoke(self, name: str) -> None:
+        """The user's token stops working at once (a signed-in browser too: the cookie holds
+        the token); their judgements stay. ``rotate`` gives them a new one."""
+        with transaction(self.db):
+            self._replace_token(name, "revoked:" + secrets.token_hex(16), revoked=True)
+            self.db.execute("DELETE FROM leases WHERE user_id = (SELECT id FROM users WHERE name = ?)", (name,))
+
+    def rotate(self, name: str) -> str:
+        """A new token for the user (the old one stops working); returns it. Also lifts a revocation."""
+        token = secrets.token_urlsafe(24)
+        with transaction(self.db):
+            self._replace_token(name, hash_token(token), revoked=False)
+        return token
+
+    def _replace_token(self, name: str, token_hash: str, *, revoked: bool) -> None:
+        cursor = self.db.execute("UPDATE users SET token_hash = ?, revoked_at = ? WHERE name = ?",
+                                 (token_hash, time.time() if revoked else None, name))
+        if cursor.rowcount == 0:
+            known = ", ".join(u.name for u in self.users()) or "none"
+            raise LabelError(f"no user named {name!r} (users: {known})", 404)
 
     # -- prompts and completions ------------------------------------------------------------
     def add_prompt(self, text: str, completions: Sequence[str], *, source_id: str | None = None,
@@ -203,10 +235,11 @@ class LabelStore:
     def next_prompt(self, user: User) -> dict[str, Any] | None:
         """The next prompt for this labeler: one they hold a lease on, else the first that
         they have not judged and that has fewer than N judgements plus others' live leases.
-        The lease keeps N labelers from all being handed the same last slot."""
+        The lease keeps N labelers from all being handed the same last slot; a submission
+        is accepted only under a live lease (see ``submit``)."""
         now = time.time()
         with transaction(self.db):
-            self.db.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
+            self._drop_dead_leases(now)
             held = self.db.execute(
                 "SELECT l.prompt_id FROM leases l WHERE l.user_id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM judgements j WHERE j.prompt_id = l.prompt_id AND j.user_id = l.user_id)",
@@ -225,9 +258,28 @@ class LabelStore:
                 if row is None:
                     return None
                 prompt_id = row["id"]
-            self.db.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(prompt_id, user_id) DO UPDATE SET expires_at = excluded.expires_at",
-                            (prompt_id, user.id, now + LEASE_SECONDS))
+            # a renewed lease keeps its start: the judgement's duration counts from the first hand-out
+            self.db.execute("INSERT INTO leases (prompt_id, user_id, expires_at, leased_at) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT(prompt_id, user_id) DO UPDATE SET expires_at = excluded.expires_at",
+                            (prompt_id, user.id, now + LEASE_SECONDS, now))
         return self.prompt(prompt_id)
+
+    def _drop_dead_leases(self, now: float) -> None:
+        """Expired leases, and every lease on a prompt that is already full (it is never
+        handed out again)."""
+        self.db.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
+        self.db.execute("DELETE FROM leases WHERE prompt_id IN (SELECT prompt_id FROM judgements GROUP BY prompt_id "
+                        "HAVING COUNT(*) >= ?)", (self.labels_per_prompt,))
+
+    def _live_lease(self, user: User, prompt_id: int, now: float) -> sqlite3.Row:
+        """The labeler's live lease on the prompt. An unknown prompt and someone else's get
+        the same answer, so ids cannot be probed."""
+        lease = self.db.execute("SELECT * FROM leases WHERE prompt_id = ? AND user_id = ? AND expires_at >= ?",
+                                (prompt_id, user.id, now)).fetchone()
+        if lease is None:
+            raise LabelError(f"no prompt {prompt_id} is waiting for you (a prompt is held for you for "
+                             f"{LEASE_SECONDS // 60} minutes after GET /api/next hands it out); fetch the next one", 404)
+        return lease
 
     # -- judgements -------------------------------------------------------------------------
     def _check_ranks(self, prompt_id: int, ranks: dict[str, int | None]) -> dict[int, int | None]:
@@ -253,12 +305,14 @@ class LabelStore:
 
     def submit(self, user: User, prompt_id: int, ranks: dict[str, int | None], submission_id: str,
                duration_ms: int | None = None) -> dict[str, Any]:
-        """Store a judgement once. A repeat of an acknowledged submission id returns the
-        stored one with ``duplicate: true``; a second judgement of the same prompt by the
-        same labeler is refused (change it with ``update`` instead)."""
+        """Store a judgement once, only for a prompt leased to this labeler right now. A
+        repeat of an acknowledged submission id returns the stored one with
+        ``duplicate: true``; a second judgement of the same prompt by the same labeler is
+        refused (change it with ``update`` instead). The judgement's duration is measured
+        here, from the lease; ``duration_ms`` from the client is ignored (kept for old
+        clients)."""
         if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
             raise LabelError("submission_id must be a string of 8-64 characters (a fresh UUID per submission)", 422)
-        given = self._check_ranks(prompt_id, ranks)
         now = time.time()
         with transaction(self.db):
             earlier = self.db.execute("SELECT * FROM judgements WHERE submission_id = ?", (submission_id,)).fetchone()
@@ -268,25 +322,30 @@ class LabelStore:
                 return {**self._judgement(earlier), "duplicate": True}
             if self.db.execute("SELECT 1 FROM judgements WHERE prompt_id = ? AND user_id = ?", (prompt_id, user.id)).fetchone():
                 raise LabelError(f"you already judged prompt {prompt_id}; change it with PUT /api/judgements/{prompt_id}", 409)
+            lease = self._live_lease(user, prompt_id, now)
+            given = self._check_ranks(prompt_id, ranks)
             count = self.db.execute("SELECT COUNT(*) FROM judgements WHERE prompt_id = ?", (prompt_id,)).fetchone()[0]
             if count >= self.labels_per_prompt:
                 raise LabelError(f"prompt {prompt_id} already has its {count} judgements", 409)
+            started = lease["leased_at"] if lease["leased_at"] is not None else lease["expires_at"] - LEASE_SECONDS
             cursor = self.db.execute(
                 "INSERT INTO judgements (prompt_id, user_id, ranks, submission_id, created_at, updated_at, duration_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (prompt_id, user.id, json.dumps({str(k): v for k, v in given.items()}), submission_id, now, now, duration_ms))
+                (prompt_id, user.id, json.dumps({str(k): v for k, v in given.items()}), submission_id, now, now,
+                 max(0, round((now - started) * 1000))))
             self.db.execute("DELETE FROM leases WHERE prompt_id = ? AND user_id = ?", (prompt_id, user.id))
+            self._drop_dead_leases(now)  # the prompt may be full now: nobody else gets to hold it
             row = self.db.execute("SELECT * FROM judgements WHERE id = ?", (cursor.lastrowid,)).fetchone()
         return {**self._judgement(row), "duplicate": False}
 
     def update(self, user: User, prompt_id: int, ranks: dict[str, int | None]) -> dict[str, Any]:
         """Change the labeler's own judgement of a prompt (nobody else's)."""
-        given = self._check_ranks(prompt_id, ranks)
         with transaction(self.db):
-            cursor = self.db.execute("UPDATE judgements SET ranks = ?, updated_at = ? WHERE prompt_id = ? AND user_id = ?",
-                                     (json.dumps({str(k): v for k, v in given.items()}), time.time(), prompt_id, user.id))
-            if cursor.rowcount == 0:
-                raise LabelError(f"you have no judgement of prompt {prompt_id}", 404)
+            if not self.db.execute("SELECT 1 FROM judgements WHERE prompt_id = ? AND user_id = ?", (prompt_id, user.id)).fetchone():
+                raise LabelError(f"you have no judgement of prompt {prompt_id}", 404)  # unknown and foreign alike
+            given = self._check_ranks(prompt_id, ranks)
+            self.db.execute("UPDATE judgements SET ranks = ?, updated_at = ? WHERE prompt_id = ? AND user_id = ?",
+                            (json.dumps({str(k): v for k, v in given.items()}), time.time(), prompt_id, user.id))
         return self.judgements(user=user, prompt_id=prompt_id)[0]
 
     @staticmethod

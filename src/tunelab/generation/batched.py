@@ -90,7 +90,7 @@ def generate_from_ids(
     if adapter_names is not None:
         _check_adapter_names(model, adapter_names, len(prompt_ids))
     longest = max((len(ids) for ids in prompt_ids), default=0) + settings.max_new_tokens
-    window = _sliding_window(model.config)
+    window = sliding_window(model.config)
     if window is not None and longest > window:
         raise TunelabError(
             f"prompt + new tokens reach {longest} tokens, past this model's sliding attention window of "
@@ -198,7 +198,7 @@ def _is_prompt_learning(model: Any) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
-def _sliding_window(config: Any) -> int | None:
+def sliding_window(config: Any) -> int | None:
     """The attention window of sliding-window layers, if the model uses any: the
     [prefix | padding | own] cache layout shifts cache indices, which such masks count."""
     window = getattr(config, "sliding_window", None)

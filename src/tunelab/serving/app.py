@@ -3,144 +3,325 @@
 ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions`` (with server-sent-event
 streaming) as OpenAI defines them; the ``model`` field picks ``base`` or an adapter by
 name. ``/admin/adapters`` (admin token) lists, loads and unloads adapters at run time,
-from the allowed directory only. Errors use OpenAI's shape:
-``{"error": {"message", "type", "param", "code"}}``.
+from the allowed directory only. ``/health`` reports the batch worker. Errors use
+OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Everything a request asks for is checked when it arrives, for that request alone
+(fields, sizes, tokens against the context window), so what reaches a batch can run;
+whatever still fails in a batch fails that request only (see engine.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from contextlib import asynccontextmanager
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import TunelabError
 from tunelab.generation.settings import GenerationSettings
 from tunelab.serving.adapters import AdapterError, AdapterSet
-from tunelab.serving.engine import BatchingEngine, QueueFull, Request as GenerationRequest, finish_reason
-from tunelab.web import BodyLimit
+from tunelab.serving.engine import BatchingEngine, QueueFull, Request as GenerationRequest, WorkerStopped, finish_reason
+from tunelab.serving.settings import ServerSettings
+from tunelab.serving.schema import UNSUPPORTED, ApiError, ChatBody, CompletionBody, LoadBody, Options, error_body
+from tunelab.web import Refusal, RequestGuard, error_id, internal_error_message, log_internal_error
+
+log = logging.getLogger("tunelab.serving")
+
+
+def bearer(header: bytes) -> str:
+    text = header.decode("latin-1")
+    return text[7:].strip() if text.lower().startswith("bearer ") else ""
+
+
+def authorizer(settings: ServerSettings) -> Any:
+    """Keys and content type, from the headers alone: a client without a key is refused
+    before a byte of its body is read."""
+    def authorize(scope: dict) -> Refusal | None:
+        headers, path = dict(scope["headers"]), scope["path"]
+        given = bearer(headers.get(b"authorization", b"")).encode()
+        if path.startswith("/admin"):
+            if not settings.admin_token:
+                return 403, error_body("the admin API is off: start the server with --admin-token-file", code="admin_disabled")
+            if not hmac.compare_digest(given, settings.admin_token.encode()):
+                return 401, error_body("a valid admin token is needed", code="invalid_api_key")
+        elif settings.api_keys and path.startswith("/v1") and not any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys):
+            return 401, error_body("Incorrect API key provided.", code="invalid_api_key")
+        if scope["method"] == "POST" and headers.get(b"content-type", b"").split(b";")[0].strip() != b"application/json":
+            return 415, error_body("send JSON (Content-Type: application/json)")
+        return None
+
+    return authorize
+
+
+def _virtual_tokens(model: Any) -> int:
+    """Soft-prompt adapters (prompt and prefix tuning) put this many tokens before the prompt."""
+    config = getattr(model, "active_peft_config", None)
+    return int(getattr(config, "num_virtual_tokens", 0) or 0) if getattr(config, "is_prompt_learning", False) else 0
+
+
+class Api:
+    """Admission (every check a request needs, for that request alone), then generation
+    through the batching engine, then OpenAI's answer shapes."""
+
+    def __init__(self, loaded: Any, adapters: AdapterSet, settings: ServerSettings) -> None:
+        from tunelab.generation.batched import sliding_window
+
+        self.loaded, self.tokenizer, self.adapters, self.settings = loaded, loaded.tokenizer, adapters, settings
+        self.engine = BatchingEngine(adapters, self.tokenizer, max_batch_size=settings.max_batch_size,
+                                     max_queue=settings.max_queue, batch_wait_ms=settings.batch_wait_ms)
+        self.context_window = loaded.context_window
+        self.sliding_window = sliding_window(loaded.model.config)
+        self.created = int(time.time())
+
+    # -- admission ----------------------------------------------------------------------
+    def check(self, body: Options) -> None:
+        for name, neutral in UNSUPPORTED.items():
+            if getattr(body, name) not in neutral:
+                raise ApiError(400, f"'{name}' is not supported by tunelab serve", param=name, code="unsupported_parameter")
+        self.adapters.get(body.model)  # 404 model_not_found before anything runs
+        if body.stream_options and not body.stream:
+            raise ApiError(400, "stream_options needs stream: true", param="stream_options")
+        stop = body.stop_strings()
+        if len(stop) > 4 or any(not s or len(s) > self.settings.max_stop_chars for s in stop):
+            raise ApiError(400, f"stop: up to 4 non-empty strings of at most {self.settings.max_stop_chars} characters", param="stop")
+        asked = body.max_completion_tokens or body.max_tokens
+        if asked is not None and asked > self.settings.max_tokens_limit:
+            raise ApiError(400, f"max_tokens is {asked}; this server allows at most {self.settings.max_tokens_limit}", param="max_tokens")
+
+    def check_size(self, texts: Sequence[str], n: int, param: str) -> None:
+        if len(texts) * n > self.settings.max_prompts:
+            raise ApiError(400, f"{len(texts)} prompts x n={n} is over this server's {self.settings.max_prompts} per request")
+        chars = sum(len(t) for t in texts)
+        if chars > self.settings.max_prompt_chars:
+            raise ApiError(400, f"{chars} characters of {param} is over this server's {self.settings.max_prompt_chars}", param=param)
+
+    def max_new_tokens(self, body: Options, prompt_tokens: int, default: int) -> int:
+        """The request's token budget: its prompt (with an adapter's virtual tokens) must
+        fit the encoder (encoder-decoder) or, with the new tokens, the context window and
+        any sliding attention window (decoder-only)."""
+        asked = body.max_completion_tokens or body.max_tokens
+        prompt_tokens += _virtual_tokens(self.adapters.get(body.model).model)
+        limits = [(self.settings.max_prompt_tokens, "this server's prompt limit")]
+        if self.loaded.is_encoder_decoder:
+            limits.append((self.context_window, "the model's input window"))
+        for limit, what in limits:
+            if limit and prompt_tokens > limit:
+                raise ApiError(400, f"the prompt has {prompt_tokens} tokens; {what} is {limit}", param="prompt",
+                               code="context_length_exceeded")
+        budget = asked or default
+        if self.loaded.is_encoder_decoder:
+            return budget
+        for window, what in ((self.context_window, "context window"), (self.sliding_window, "sliding attention window")):
+            if not window:
+                continue
+            room = window - prompt_tokens
+            if room < 1:
+                raise ApiError(400, f"the prompt has {prompt_tokens} tokens; the model's {what} is {window}",
+                               code="context_length_exceeded")
+            if asked is not None and asked > room:
+                raise ApiError(400, f"{prompt_tokens} prompt tokens + max_tokens {asked} exceed the model's {what} of "
+                               f"{window}", param="max_tokens", code="context_length_exceeded")
+            budget = min(budget, room)
+        return budget
+
+    def generation_settings(self, body: Options, max_tokens: int) -> GenerationSettings:
+        sample = body.temperature > 0
+        return GenerationSettings(max_new_tokens=max_tokens, do_sample=sample, temperature=body.temperature if sample else 1.0,
+                                  top_k=0, top_p=body.top_p if sample else 1.0, stop=body.stop_strings(),
+                                  seed=(body.seed if body.seed is not None else -1) if sample else 0)
+
+    async def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Off the event loop: a long prompt must not stall every other client."""
+        return await run_in_threadpool(lambda: [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts])
+
+    async def render_chat(self, body: ChatBody) -> str:
+        """The chat template, off the event loop. Whatever the template refuses or fails on
+        (roles out of order, a system turn it has none for, odd content) is the request's
+        fault: a 400."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+        messages = body.template_messages()
+        try:
+            return await run_in_threadpool(self.tokenizer.apply_chat_template, messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001 - jinja's TemplateError, or what a template raises on odd input
+            raise ApiError(400, f"this model's chat template refuses these messages: {type(exc).__name__}: {exc}"[:500],
+                           param="messages") from None
+
+    # -- running ------------------------------------------------------------------------
+    def submit(self, body: Options, prompts: Sequence[list[int]], max_tokens: int, stream: asyncio.Queue | None) -> list[GenerationRequest]:
+        gen = self.generation_settings(body, max_tokens)
+        loop = asyncio.get_running_loop()
+        requests = []
+        for index, ids in enumerate(p for p in prompts for _ in range(body.n)):
+            on_text = None
+            if stream is not None:
+                on_text = (lambda text, index=index: loop.call_soon_threadsafe(stream.put_nowait, (index, text)))
+            requests.append(GenerationRequest(body.model, ids, gen, on_text=on_text))
+        try:
+            for request in requests:
+                self.engine.submit(request)
+        except (QueueFull, WorkerStopped) as exc:
+            for request in requests:
+                request.cancelled.set()
+            if isinstance(exc, WorkerStopped):
+                raise ApiError(503, str(exc), "server_error", code="worker_stopped") from None
+            raise ApiError(429, str(exc), "server_overloaded", code="queue_full") from None
+        return requests
+
+    async def wait_all(self, requests: list[GenerationRequest], http: Request) -> list[Any] | None:
+        """The results, or None when the client went away first (its requests are then
+        cancelled, freeing their places in the queue and the batch). A wait past
+        ``request_timeout`` cancels them and answers 504."""
+        futures = [asyncio.wrap_future(r.result) for r in requests]
+        deadline = time.monotonic() + self.settings.request_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait(futures, timeout=0.25)
+                if len(done) == len(futures):
+                    return [self.outcome(f) for f in futures]
+                if await http.is_disconnected():
+                    return None
+                if time.monotonic() > deadline:
+                    raise ApiError(504, f"no answer within {self.settings.request_timeout:g} s; try again, or ask for fewer "
+                                   "tokens", "server_error", code="timeout")
+        finally:
+            for request in requests:
+                request.cancelled.set()
+
+    def outcome(self, future: asyncio.Future) -> Any:
+        """A request's result; a failure in generation becomes an OpenAI-shaped error."""
+        try:
+            return future.result()
+        except AdapterError as exc:  # its adapter was unloaded while it waited
+            raise ApiError(exc.status, str(exc), param="model", code="model_not_found" if exc.status == 404 else None) from None
+        except TunelabError as exc:  # the request asked for something the model cannot do
+            raise ApiError(400, str(exc)) from None
+        except asyncio.CancelledError:
+            raise ApiError(503, "the request was cancelled by the server", "server_error") from None
+        except Exception as exc:  # noqa: BLE001 - the engine logged the traceback; the client gets an id
+            ident = error_id()
+            log.error("error %s: generation failed: %s: %s", ident, type(exc).__name__, exc)
+            raise ApiError(500, f"generation failed (error id {ident}; the server log has the detail)", "server_error") from None
+
+    async def answer(self, body: Options, http: Request, prompts: list[list[int]], max_tokens: int, chat: bool) -> Response:
+        ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        if body.stream:
+            events: asyncio.Queue = asyncio.Queue()
+            requests = self.submit(body, prompts, max_tokens, events)
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            chunks = self.stream(requests, events, _Chunks(ident, body.model, chat), include_usage, prompts)
+            return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        outputs = await self.wait_all(self.submit(body, prompts, max_tokens, None), http)
+        if outputs is None:
+            return Response(status_code=499)  # nobody is listening; nginx's 'client closed request'
+        choices = [({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
+                     "finish_reason": finish_reason(o)} if chat else
+                    {"index": i, "text": o.text, "logprobs": None, "finish_reason": finish_reason(o)})
+                   for i, o in enumerate(outputs)]
+        return JSONResponse({"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                             "model": body.model, "choices": choices, "usage": usage(prompts, outputs),
+                             "system_fingerprint": None})
+
+    async def stream(self, requests: list[GenerationRequest], events: asyncio.Queue, chunks: _Chunks, include_usage: bool,
+                     prompts: list[list[int]]) -> AsyncIterator[bytes]:
+        futures = [asyncio.wrap_future(r.result) for r in requests]
+        finished: set[int] = set()
+        deadline = time.monotonic() + self.settings.request_timeout
+        try:
+            if chunks.chat:
+                yield chunks.chunk([chunks.choice(i, None, None, role=True) for i in range(len(requests))])
+            while len(finished) < len(requests):
+                getter = asyncio.ensure_future(events.get())
+                waiting = [getter, *[f for i, f in enumerate(futures) if i not in finished]]
+                done, _ = await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0), return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    getter.cancel()
+                    raise ApiError(504, f"no answer within {self.settings.request_timeout:g} s", "server_error", code="timeout")
+                if getter in done:
+                    index, text = getter.result()
+                    yield chunks.chunk([chunks.choice(index, text, None)])
+                else:
+                    getter.cancel()
+                while not events.empty():  # text before a finish goes first
+                    index, text = events.get_nowait()
+                    yield chunks.chunk([chunks.choice(index, text, None)])
+                for i, future in enumerate(futures):
+                    if i not in finished and future.done():
+                        finished.add(i)
+                        yield chunks.chunk([chunks.choice(i, None if chunks.chat else "", finish_reason(self.outcome(future)))])
+            if include_usage:
+                yield chunks.chunk([], usage=usage(prompts, [f.result() for f in futures]))
+        except ApiError as exc:  # the status line went out already: the error travels as an event
+            yield b"data: " + json.dumps(error_body(str(exc), exc.type, exc.param, exc.code)).encode() + b"\n\n"
+        finally:
+            for request in requests:  # a client that went away frees its slots
+                request.cancelled.set()
+        yield b"data: [DONE]\n\n"
+
+    # -- endpoints ----------------------------------------------------------------------
+    async def completions(self, body: CompletionBody, http: Request) -> Response:
+        self.check(body)
+        texts = body.texts()
+        if not texts or any(not t for t in texts):
+            raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
+        self.check_size(texts, body.n, "prompt")
+        prompts = await self.tokenize(texts)
+        max_tokens = self.max_new_tokens(body, max(len(p) for p in prompts), 16)  # OpenAI's default for completions
+        return await self.answer(body, http, prompts, max_tokens, chat=False)
+
+    async def chat(self, body: ChatBody, http: Request) -> Response:
+        self.check(body)
+        if len(body.messages) > self.settings.max_messages:
+            raise ApiError(400, f"{len(body.messages)} messages is over this server's {self.settings.max_messages}", param="messages")
+        self.check_size([m.text() for m in body.messages], body.n, "messages")
+        text = await self.render_chat(body)
+        prompt = (await self.tokenize([text], add_special_tokens=False))[0]
+        max_tokens = self.max_new_tokens(body, len(prompt), self.settings.max_tokens_limit)
+        return await self.answer(body, http, [prompt], max_tokens, chat=True)
 
 
 @dataclass
-class ServerSettings:
-    """Limits and keys of one server."""
+class _Chunks:
+    """Server-sent-event chunks of one streamed answer."""
 
-    api_keys: tuple[str, ...] = field(default=(), metadata={"help": "Accepted API keys (Authorization: Bearer KEY); none = no key needed."})
-    admin_token: str | None = field(default=None, metadata={"help": "Token for /admin/adapters; unset = no admin endpoint."})
-    max_tokens_limit: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
-    max_batch_size: int = field(default=16, metadata={"help": "Most requests generated together."})
-    max_queue: int = field(default=256, metadata={"help": "Most requests waiting; more get 429."})
-    max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body."})
-    max_prompts: int = field(default=32, metadata={"help": "Most prompts x n in one request."})
-    batch_wait_ms: float = field(default=5.0, metadata={"help": "How long the batcher waits for companions of a request."})
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.type, self.param, self.code = status, type_, param, code
-
-
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-# Fields OpenAI defines that tunelab does not implement: accepted at their neutral value,
-# refused with a clear message otherwise.
-UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None,), "echo": (None, False), "best_of": (None, 1),
-               "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
-               "suffix": (None,), "tools": (None, []), "tool_choice": (None, "none"), "response_format": (None,),
-               "functions": (None,), "function_call": (None,), "parallel_tool_calls": (None,)}
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    ident: str
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, bool] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    user: str | None = None
-    # OpenAI's, not implemented (see UNSUPPORTED)
-    logprobs: Any = None
-    top_logprobs: Any = None
-    echo: Any = None
-    best_of: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
-    suffix: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    response_format: Any = None
-    functions: Any = None
-    function_call: Any = None
-    parallel_tool_calls: Any = None
+    chat: bool
+    stamp: int = field(default_factory=lambda: int(time.time()))
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return b"data: " + json.dumps({"id": self.ident, "object": kind, "created": self.stamp, "model": self.model,
+                                       "choices": choices, **extra}).encode() + b"\n\n"
+
+    def choice(self, index: int, text: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
 
 
-class CompletionBody(_Options):
-    prompt: str | list[str]
+def usage(prompts: Sequence[list[int]], outputs: Sequence[Any]) -> dict[str, int]:
+    prompt_tokens = sum(len(p) for p in prompts)  # each prompt counted once, as OpenAI does for n > 1
+    completion_tokens = sum(len(o.token_ids) for o in outputs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
-    name: str | None = None
-
-
-class ChatBody(_Options):
-    messages: list[Message] = Field(min_length=1)
-
-
-class LoadBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="The name requests will use in their 'model' field.")
-    path: str = Field(description="The adapter folder, relative to (or inside) the allowed directory.")
-
-
-def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | None = None) -> Any:
-    """The ASGI app. ``loaded`` is the base's LoadedModel (for its tokenizer and config)."""
-    settings = settings or ServerSettings()
-    tokenizer = loaded.tokenizer
-    engine = BatchingEngine(adapters, tokenizer, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
-                            batch_wait_ms=settings.batch_wait_ms)
-    context_window = getattr(loaded.model.config, "max_position_embeddings", None) or getattr(loaded.model.config, "n_positions", None)
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.close()  # the batch worker stops with the server
-
-    app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.engine, app.state.adapters = engine, adapters
-    created = int(time.time())
-
-    # -- errors and auth --------------------------------------------------------------------
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), exc.type, exc.param, exc.code), exc.status)
@@ -155,229 +336,55 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "body"
         message = "the body is not valid JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
-        return JSONResponse(error_body(message, param=where if where != "body" else None), 400)
+        return JSONResponse(error_body(message[:500], param=where if where != "body" else None), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body(str(exc.detail)), exc.status_code)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        given = request.headers.get("authorization", "")
-        given = given[7:].strip() if given.lower().startswith("bearer ") else ""
-        if path.startswith("/admin"):
-            if not settings.admin_token:
-                return JSONResponse(error_body("the admin API is off: start the server with --admin-token", code="admin_disabled"), 403)
-            if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
-                return JSONResponse(error_body("a valid admin token is needed", "invalid_request_error", code="invalid_api_key"), 401)
-        elif settings.api_keys and path.startswith("/v1") and not any(hmac.compare_digest(given.encode(), k.encode()) for k in settings.api_keys):
-            return JSONResponse(error_body("Incorrect API key provided.", "invalid_request_error", code="invalid_api_key"), 401)
-        if request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return JSONResponse(error_body("send JSON (Content-Type: application/json)"), 415)
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: the detail stays in the log
+        ident = log_internal_error(exc, request.scope)
+        return JSONResponse(error_body(internal_error_message(ident), "server_error"), 500)
 
-    # -- helpers ----------------------------------------------------------------------------
-    def check(body: _Options) -> None:
-        for name, neutral in UNSUPPORTED.items():
-            value = getattr(body, name)
-            if value not in neutral:
-                raise ApiError(400, f"'{name}' is not supported by tunelab serve", param=name, code="unsupported_parameter")
-        adapters.get(body.model)  # 404 model_not_found before queueing
-        if body.stream_options and not body.stream:
-            raise ApiError(400, "stream_options needs stream: true", param="stream_options")
 
-    def limit_for(body: _Options, prompt_tokens: int, default: int) -> int:
-        asked = body.max_completion_tokens or body.max_tokens
-        if asked is not None and asked > settings.max_tokens_limit:
-            raise ApiError(400, f"max_tokens is {asked}; this server allows at most {settings.max_tokens_limit}", param="max_tokens")
-        limit = asked or default
-        if context_window and not loaded.is_encoder_decoder:
-            room = context_window - prompt_tokens
-            if room < 1:
-                raise ApiError(400, f"the prompt has {prompt_tokens} tokens; the model's context window is {context_window}",
-                               code="context_length_exceeded")
-            if asked is not None and asked > room:
-                raise ApiError(400, f"{prompt_tokens} prompt tokens + max_tokens {asked} exceed the context window of "
-                               f"{context_window}", param="max_tokens", code="context_length_exceeded")
-            limit = min(limit, room)
-        return limit
+def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | None = None) -> RequestGuard:
+    """The ASGI app. ``loaded`` is the base's LoadedModel (for its tokenizer and config)."""
+    settings = settings or ServerSettings()
+    api = Api(loaded, adapters, settings)
 
-    def generation_settings(body: _Options, max_tokens: int) -> GenerationSettings:
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        if len(stop) > 4 or any(not s for s in stop):
-            raise ApiError(400, "stop: up to 4 non-empty strings", param="stop")
-        sample = body.temperature > 0
-        return GenerationSettings(max_new_tokens=max_tokens, do_sample=sample, temperature=body.temperature if sample else 1.0,
-                                  top_k=0, top_p=body.top_p if sample else 1.0, stop=stop,
-                                  seed=(body.seed if body.seed is not None else -1) if sample else 0)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        api.engine.close()  # the batch worker stops with the server
 
-    def submit(body: _Options, prompts: Sequence[list[int]], max_tokens: int, stream: asyncio.Queue | None) -> list[GenerationRequest]:
-        gen = generation_settings(body, max_tokens)
-        loop = asyncio.get_running_loop()
-        requests = []
-        for index, ids in enumerate(p for p in prompts for _ in range(body.n)):
-            on_text = None
-            if stream is not None:
-                on_text = (lambda text, index=index: loop.call_soon_threadsafe(stream.put_nowait, (index, text)))
-            requests.append(GenerationRequest(body.model, ids, gen, on_text=on_text))
-        try:
-            for request in requests:
-                engine.submit(request)
-        except QueueFull as exc:
-            for request in requests:
-                request.cancelled.set()
-            raise ApiError(429, str(exc), "server_overloaded", code="queue_full") from None
-        return requests
+    app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine, app.state.adapters, app.state.api = api.engine, adapters, api
+    _error_handlers(app)
 
-    async def wait_all(requests: list[GenerationRequest], http: Request) -> list[Any] | None:
-        """The results, or None when the client went away first (its requests are then
-        cancelled, freeing their places in the queue and the batch)."""
-        futures = [asyncio.wrap_future(r.result) for r in requests]
-        try:
-            while True:
-                done, _ = await asyncio.wait(futures, timeout=0.25)
-                if len(done) == len(futures):
-                    return [outcome(f) for f in futures]
-                if await http.is_disconnected():
-                    for request in requests:
-                        request.cancelled.set()
-                    return None
-        except BaseException:
-            for request in requests:
-                request.cancelled.set()
-            raise
+    @app.get("/health")
+    def health() -> JSONResponse:
+        state = api.engine.health()
+        return JSONResponse({"status": "ok" if state["worker_alive"] else "worker stopped", **state},
+                            200 if state["worker_alive"] else 503)
 
-    def outcome(future: asyncio.Future) -> Any:
-        """A request's result; a failure in generation becomes an OpenAI-shaped error."""
-        try:
-            return future.result()
-        except AdapterError as exc:  # its adapter was unloaded while it waited
-            raise ApiError(exc.status, str(exc), param="model", code="model_not_found" if exc.status == 404 else None) from None
-        except TunelabError as exc:  # the request asked for something the model cannot do
-            raise ApiError(400, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001
-            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from None
-
-    def usage(prompts: Sequence[list[int]], n: int, outputs: Sequence[Any]) -> dict[str, int]:
-        prompt_tokens = sum(len(p) for p in prompts)  # each prompt counted once, as OpenAI does for n > 1
-        completion_tokens = sum(len(o.token_ids) for o in outputs)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-
-    def check_count(prompts: int, n: int) -> None:
-        if prompts * n > settings.max_prompts:
-            raise ApiError(400, f"{prompts} prompts x n={n} is over this server's {settings.max_prompts} per request")
-
-    async def run(body: _Options, http: Request, prompts: list[list[int]], max_tokens: int, chat: bool) -> Response:
-        ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        stamp = int(time.time())
-        if not body.stream:
-            requests = submit(body, prompts, max_tokens, None)
-            outputs = await wait_all(requests, http)
-            if outputs is None:
-                return Response(status_code=499)  # nobody is listening; nginx's 'client closed request'
-            choices = [({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
-                         "finish_reason": finish_reason(o)} if chat else
-                        {"index": i, "text": o.text, "logprobs": None, "finish_reason": finish_reason(o)})
-                       for i, o in enumerate(outputs)]
-            return JSONResponse({"id": ident, "object": "chat.completion" if chat else "text_completion", "created": stamp,
-                                 "model": body.model, "choices": choices, "usage": usage(prompts, body.n, outputs),
-                                 "system_fingerprint": None})
-        events: asyncio.Queue = asyncio.Queue()
-        requests = submit(body, prompts, max_tokens, events)
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_stream(requests, events, ident, stamp, body.model, chat, include_usage, prompts, body.n),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    async def _stream(requests: list[GenerationRequest], events: asyncio.Queue, ident: str, stamp: int, model: str,
-                      chat: bool, include_usage: bool, prompts: list[list[int]], n: int) -> AsyncIterator[bytes]:
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return b"data: " + json.dumps({"id": ident, "object": kind, "created": stamp, "model": model,
-                                           "choices": choices, **extra}).encode() + b"\n\n"
-
-        def choice(index: int, text: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
-            if chat:
-                delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-                return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
-
-        futures = [asyncio.wrap_future(r.result) for r in requests]
-        finished: set[int] = set()
-        try:
-            if chat:
-                yield chunk([choice(i, None, None, role=True) for i in range(len(requests))])
-            while len(finished) < len(requests):
-                getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait([getter, *[f for i, f in enumerate(futures) if i not in finished]],
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    index, text = getter.result()
-                    yield chunk([choice(index, text, None)])
-                else:
-                    getter.cancel()
-                while not events.empty():  # text before a finish goes first
-                    index, text = events.get_nowait()
-                    yield chunk([choice(index, text, None)])
-                for i, future in enumerate(futures):
-                    if i not in finished and future.done():
-                        finished.add(i)
-                        yield chunk([choice(i, None if chat else "", finish_reason(outcome(future)))])
-            if include_usage:
-                yield chunk([], usage=usage(prompts, n, [f.result() for f in futures]))
-        except ApiError as exc:  # the status line went out already: the error travels as an event
-            yield b"data: " + json.dumps(error_body(str(exc), exc.type, exc.param, exc.code)).encode() + b"\n\n"
-        finally:
-            for request in requests:  # a client that went away frees its slots
-                request.cancelled.set()
-        yield b"data: [DONE]\n\n"
-
-    # -- endpoints --------------------------------------------------------------------------
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": a["name"], "object": "model", "created": created, "owned_by": "tunelab",
+        return {"object": "list", "data": [{"id": a["name"], "object": "model", "created": api.created, "owned_by": "tunelab",
                                             "kind": a["kind"]} for a in adapters.describe()]}
 
     @app.get("/v1/models/{name}")
     def model(name: str) -> dict[str, Any]:
         adapter = adapters.get(name)
-        return {"id": adapter.name, "object": "model", "created": created, "owned_by": "tunelab", "kind": adapter.kind}
+        return {"id": adapter.name, "object": "model", "created": api.created, "owned_by": "tunelab", "kind": adapter.kind}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody, http: Request) -> Response:
-        check(body)
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not texts or any(not t for t in texts):
-            raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
-        check_count(len(texts), body.n)
-        prompts = await run_in_threadpool(lambda: [tokenizer(t)["input_ids"] for t in texts])  # not on the event loop
-        max_tokens = limit_for(body, max(len(p) for p in prompts), 16)  # OpenAI's default for completions
-        return await run(body, http, prompts, max_tokens, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatBody, http: Request) -> Response:
-        check(body)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
-        messages = [{"role": "system" if m.role == "developer" else m.role,
-                     "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
-                    for m in body.messages]
-        check_count(1, body.n)
-        from jinja2 import TemplateError
-
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError as exc:  # e.g. a template without system turns, or one that wants alternating roles
-            raise ApiError(400, f"this model's chat template refuses these messages: {exc}", param="messages") from None
-        prompt = (await run_in_threadpool(lambda: tokenizer(text, add_special_tokens=False)))["input_ids"]
-        max_tokens = limit_for(body, len(prompt), settings.max_tokens_limit)
-        return await run(body, http, [prompt], max_tokens, chat=True)
+    app.post("/v1/completions")(api.completions)
+    app.post("/v1/chat/completions")(api.chat)
 
     @app.get("/admin/adapters")
     def list_adapters() -> dict[str, Any]:
         return {"adapters": adapters.describe(), "allowed_dir": None if adapters.allowed_dir is None else str(adapters.allowed_dir),
-                "queue": engine.waiting, "stats": engine.stats}
+                "queue": api.engine.waiting, "stats": api.engine.stats}
 
     @app.post("/admin/adapters", status_code=201)
     def load_adapter(body: LoadBody) -> dict[str, Any]:
@@ -389,7 +396,7 @@ def create_app(loaded: Any, adapters: AdapterSet, settings: ServerSettings | Non
         adapters.remove(name)
         return {"name": name, "unloaded": True}
 
-    return BodyLimit(app, settings.max_body_bytes, error=lambda message: error_body(message))
+    return RequestGuard(app, settings.http, error=error_body, authorize=authorizer(settings))
 
 
 def build_server(model: str, adapters: Sequence[str] = (), *, adapter_dir: str | Path | None = None,
@@ -408,6 +415,6 @@ def build_server(model: str, adapters: Sequence[str] = (), *, adapter_dir: str |
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
-    import uvicorn
+    from tunelab.web import run
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run(app, host, port)

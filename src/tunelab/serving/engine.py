@@ -9,6 +9,7 @@ Streaming requests get their text as it is made; a cancelled request
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -18,13 +19,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tunelab.errors import TunelabError
 from tunelab.generation.batched import Generation, generate_from_ids
 from tunelab.generation.settings import GenerationSettings
 from tunelab.serving.adapters import AdapterError, AdapterSet
 
 
+log = logging.getLogger("tunelab.serving")
+
+
 class QueueFull(Exception):
     """The request queue is at its bound; the server answers 429."""
+
+
+class WorkerStopped(Exception):
+    """The batch worker is not running (it never stops on a batch's error); the server answers 503."""
 
 
 @dataclass(eq=False)
@@ -73,7 +82,10 @@ class TextDeltas:
 
 
 class BatchingEngine:
-    """The queue and the worker thread that runs batches on the model."""
+    """The queue and the worker thread that runs batches on the model. The worker never
+    dies of a batch: whatever a batch raises fails that batch's requests (a batch of
+    several is first retried one request at a time, so one bad request cannot take its
+    companions down), and the worker goes on to the next."""
 
     def __init__(self, adapters: AdapterSet, tokenizer: Any, *, max_batch_size: int = 16, max_queue: int = 256,
                  batch_wait_ms: float = 5.0) -> None:
@@ -83,13 +95,16 @@ class BatchingEngine:
         self.queue: queue.Queue[Request] = queue.Queue()  # bounded with `pending` in submit
         self.pending: deque[Request] = deque()
         self.seeds = itertools.count(1)
-        self.stats = {"batches": 0, "requests": 0, "tokens": 0, "cancelled": 0}
+        self.stats = {"batches": 0, "requests": 0, "tokens": 0, "cancelled": 0, "failed": 0, "retried_alone": 0,
+                      "worker_errors": 0}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches' sizes, for tuning
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="tunelab-batcher", daemon=True)
         self._worker.start()
 
     def submit(self, request: Request) -> Future:
+        if not self._worker.is_alive():
+            raise WorkerStopped("the generation worker has stopped; restart the server")
         if self.waiting >= self.max_queue:
             raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting); retry later")
         self.queue.put_nowait(request)
@@ -103,7 +118,22 @@ class BatchingEngine:
     def waiting(self) -> int:
         return self.queue.qsize() + len(self.pending)
 
+    def health(self) -> dict[str, Any]:
+        return {"worker_alive": self._worker.is_alive(), "queue": self.waiting, **self.stats}
+
     # -- the worker -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._gather()
+                with self.adapters.batch():  # no LoRA adapter comes or goes between forming and running a batch
+                    batch = self._next_batch()
+                    if batch:
+                        self._generate(batch)
+            except Exception:  # noqa: BLE001 - a bug here must not stop every later request
+                self.stats["worker_errors"] += 1
+                log.exception("batch worker: unexpected error; going on")
+
     def _gather(self) -> None:
         """Move queued requests to ``pending``: block for the first, then wait a few
         milliseconds for companions (concurrent clients arrive together), no longer
@@ -139,13 +169,59 @@ class BatchingEngine:
             self.pending.remove(request)
         return batch
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._gather()
-            with self.adapters.batch():  # no LoRA adapter comes or goes between forming and running a batch
-                batch = self._next_batch()
-                if batch:
-                    self._generate(batch)
+    def _generate(self, batch: list[Request]) -> None:
+        """Run a batch the worker formed; a request whose client already left (its future
+        cancelled) is skipped."""
+        batch = [r for r in batch if r.result.set_running_or_notify_cancel()]
+        if batch:
+            self._serve(batch, retry_alone=True)
+
+    def _serve(self, batch: list[Request], *, retry_alone: bool) -> None:
+        """Run one batch and answer its requests, whatever happens."""
+        batch, model, adapter_names = self._route(batch)
+        if not batch:
+            return
+        deltas = [TextDeltas(self.tokenizer, r.settings.stop) if r.on_text else None for r in batch]
+        try:
+            outputs = self._decode(batch, model, adapter_names, deltas)
+        except Exception as exc:  # noqa: BLE001 - every waiting client must hear of it
+            retry = [r for r, d in zip(batch, deltas) if d is None or not d.sent] if retry_alone and len(batch) > 1 else []
+            if retry:  # find the request that broke the batch; the others still get answers
+                log.warning("a batch of %d failed (%s: %s); retrying its requests one at a time",
+                            len(batch), type(exc).__name__, exc)
+                self.stats["retried_alone"] += len(retry)
+            for request in batch:
+                if request in retry:
+                    self._serve([request], retry_alone=False)
+                else:
+                    self._fail(request, exc)
+            return
+        self.stats["batches"] += 1
+        self.batch_sizes.append(len(batch))
+        for request, output, delta in zip(batch, outputs, deltas):
+            self.stats["requests"] += 1
+            self.stats["cancelled"] += output.finish_reason == "cancelled"
+            self.stats["tokens"] += len(output.token_ids)
+            if delta is not None and output.finish_reason != "cancelled":
+                self._send_text(request, delta.finish(output.text))
+            if not request.result.done():
+                request.result.set_result(output)
+
+    def _fail(self, request: Request, exc: BaseException) -> None:
+        self.stats["failed"] += 1
+        if not isinstance(exc, TunelabError):  # a request's own fault is the client's news, not the log's
+            log.error("generation failed for a request to %r", request.adapter, exc_info=exc)
+        if not request.result.done():
+            request.result.set_exception(exc)
+
+    def _send_text(self, request: Request, piece: str) -> None:
+        """Stream a piece; a client whose channel broke is treated as gone."""
+        if not piece:
+            return
+        try:
+            request.on_text(piece)
+        except Exception:  # noqa: BLE001 - e.g. its event loop closed
+            request.cancelled.set()
 
     def _route(self, batch: list[Request]) -> tuple[list[Request], Any, list[str] | None]:
         """The requests whose adapter is still loaded, their model, and for a mixed LoRA
@@ -155,7 +231,7 @@ class BatchingEngine:
             try:
                 model, name = self.adapters.route(request.adapter)
             except AdapterError as exc:
-                request.result.set_exception(exc)
+                self._fail(request, exc)
                 continue
             routed.append(request)
             names.append(name)
@@ -164,47 +240,24 @@ class BatchingEngine:
         model, adapter_names = self.adapters.for_rows(model, names)
         return routed, model, adapter_names
 
-    def _generate(self, batch: list[Request]) -> None:
-        for request in batch:
-            request.result.set_running_or_notify_cancel()
-        batch, model, adapter_names = self._route(batch)
-        if not batch:
-            return
-        try:
-            settings = batch[0].settings
-            if settings.do_sample and settings.seed < 0:  # no seed asked for: a fresh one per batch
-                settings = replace(settings, seed=next(self.seeds))
-            settings = replace(settings, max_new_tokens=max(r.settings.max_new_tokens for r in batch), batch_size=len(batch))
-            deltas = [TextDeltas(self.tokenizer, settings.stop) if r.on_text else None for r in batch]
+    def _decode(self, batch: list[Request], model: Any, adapter_names: list[str] | None,
+                deltas: list[TextDeltas | None]) -> list[Generation]:
+        settings = batch[0].settings
+        if settings.do_sample and settings.seed < 0:  # no seed asked for: a fresh one per batch
+            settings = replace(settings, seed=next(self.seeds))
+        settings = replace(settings, max_new_tokens=max(r.settings.max_new_tokens for r in batch), batch_size=len(batch))
 
-            def on_token(row: int, token: int) -> bool:
-                request = batch[row]
-                if request.cancelled.is_set():
-                    return False
-                if deltas[row] is not None:
-                    piece = deltas[row].push(token)
-                    if piece:
-                        request.on_text(piece)
-                return True
+        def on_token(row: int, token: int) -> bool:
+            request = batch[row]
+            if request.cancelled.is_set():
+                return False
+            if deltas[row] is not None:
+                self._send_text(request, deltas[row].push(token))
+            return True
 
-            outputs = generate_from_ids(model, self.tokenizer, [r.prompt_ids for r in batch], settings, progress=False,
-                                        max_new_tokens=[r.settings.max_new_tokens for r in batch], on_token=on_token,
-                                        adapter_names=adapter_names)
-        except Exception as exc:  # noqa: BLE001 - every waiting client must hear of it
-            for request in batch:
-                request.result.set_exception(exc)
-            return
-        self.stats["batches"] += 1
-        self.batch_sizes.append(len(batch))
-        for request, output, delta in zip(batch, outputs, deltas):
-            self.stats["requests"] += 1
-            self.stats["cancelled"] += output.finish_reason == "cancelled"
-            self.stats["tokens"] += len(output.token_ids)
-            if delta is not None and output.finish_reason != "cancelled":
-                rest = delta.finish(output.text)
-                if rest:
-                    request.on_text(rest)
-            request.result.set_result(output)
+        return generate_from_ids(model, self.tokenizer, [r.prompt_ids for r in batch], settings, progress=False,
+                                 max_new_tokens=[r.settings.max_new_tokens for r in batch], on_token=on_token,
+                                 adapter_names=adapter_names)
 
 
 def finish_reason(output: Generation) -> str:

@@ -5,7 +5,6 @@
   if (!form) return;
   const cards = Array.from(form.querySelectorAll(".completion"));
   const status = document.getElementById("status");
-  const started = Date.now();
   const history = []; // cards in the order they were ranked, for undo and ties
   let flagNext = false;
 
@@ -107,7 +106,7 @@
     status.textContent = "saving…";
     const body = {
       prompt_id: Number(form.dataset.promptId), submission_id: form.dataset.submissionId,
-      ranks: ranks, duration_ms: Date.now() - started,
+      ranks: ranks,
     };
     try {
       const response = await post(body, 3);
