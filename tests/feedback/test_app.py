@@ -5,7 +5,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from tunelab.feedback.app import COOKIE, create_app
+from tunelab.feedback.app import COOKIE, SECURE_COOKIE, create_app
 from tunelab.feedback.store import LabelStore
 
 
@@ -157,3 +157,45 @@ def test_done_page_when_nothing_is_left(client, tokens, db):
     assert client.get("/api/next", headers=auth(tokens["ann"])).json()["prompt"] is None
     client.post("/login", data={"token": tokens["bob"]})
     assert "Nothing left to label" in client.get("/label").text
+
+
+def test_sign_in_and_out_refuse_cross_site_posts(client, tokens):
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"}):
+        answer = client.post("/login", data={"token": tokens["ann"]}, headers=headers, follow_redirects=False)
+        assert answer.status_code == 403 and "set-cookie" not in answer.headers, headers
+        assert client.post("/logout", headers=headers, follow_redirects=False).status_code == 403
+    # the page's own form (same origin) and scripts (no Origin) are let through
+    same = client.post("/login", data={"token": tokens["ann"]}, follow_redirects=False,
+                       headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 303
+    assert client.post("/logout", follow_redirects=False).status_code == 303
+    forged = client.post("/api/judgements", headers={**auth(tokens["ann"]), "Origin": "http://evil.example"},
+                         json={"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {}})
+    assert forged.status_code == 403
+
+
+def test_secure_cookie_is_host_prefixed_with_hsts(db, tokens):
+    client = TestClient(create_app(db, secure_cookie=True), base_url="https://testserver")
+    answer = client.post("/login", data={"token": tokens["ann"]}, follow_redirects=False)
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(SECURE_COOKIE + "=") and "Secure" in cookie and "Path=/" in cookie and "Domain" not in cookie
+    assert answer.headers["strict-transport-security"].startswith("max-age=")
+    assert client.get("/label").status_code == 200  # the __Host- cookie signs in
+    assert TestClient(create_app(db)).get("/login").headers.get("strict-transport-security") is None
+
+
+def test_a_labeler_cannot_post_for_a_prompt_not_leased_to_them(client, tokens):
+    held = client.get("/api/next", headers=auth(tokens["bob"])).json()["prompt"]
+    foreign = submit(client, tokens["ann"], held, "not-mine-1")
+    unknown = client.post("/api/judgements", headers=auth(tokens["ann"]),
+                          json={"prompt_id": 77, "submission_id": "not-mine-2", "ranks": ranking(held)})
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json()["error"].replace(f"prompt {held['id']} ", "prompt N ") == \
+        unknown.json()["error"].replace("prompt 77 ", "prompt N ")
+    assert submit(client, tokens["bob"], held, "mine-0001").status_code == 201
+
+
+def test_a_foreign_host_header_is_refused(db, tokens):
+    answer = TestClient(create_app(db)).get("/login", headers={"Host": "evil.example"})
+    assert answer.status_code == 421 and "evil.example" in answer.json()["error"]

@@ -121,3 +121,75 @@ def test_users_and_tokens(db):
     assert token not in str(list(store.db.execute("SELECT * FROM users").fetchall()[0]))  # only the hash
     with pytest.raises(LabelError, match="already exists"):
         store.add_user("dee")
+
+
+def test_a_submission_needs_a_live_lease_and_ids_cannot_be_probed(db, tokens):
+    store = LabelStore(db)
+    ann, bob = store.user_for_token(tokens["ann"]), store.user_for_token(tokens["bob"])
+    held_by_bob = store.next_prompt(bob)
+    answers = {}
+    for name, prompt_id in (("foreign", held_by_bob["id"]), ("unknown", 999), ("never leased", 3)):
+        with pytest.raises(LabelError) as caught:
+            store.submit(ann, prompt_id, ranks_for(held_by_bob), f"probe-{prompt_id}-x")
+        answers[name] = (caught.value.status, str(caught.value).replace(f"prompt {prompt_id} ", "prompt N "))
+    assert len(set(answers.values())) == 1 and answers["unknown"][0] == 404, answers  # the same answer for each
+    mine = store.next_prompt(ann)
+    store.db.execute("UPDATE leases SET expires_at = 0 WHERE user_id = ?", (ann.id,))  # the lease ran out
+    with pytest.raises(LabelError, match="waiting for you"):
+        store.submit(ann, mine["id"], ranks_for(mine), "too-late-123")
+    assert store.judgements() == []
+
+
+def test_the_server_measures_the_duration_from_the_lease(db, tokens):
+    store = LabelStore(db)
+    ann = store.user_for_token(tokens["ann"])
+    prompt = store.next_prompt(ann)
+    store.db.execute("UPDATE leases SET leased_at = leased_at - 42 WHERE user_id = ?", (ann.id,))
+    assert store.next_prompt(ann)["id"] == prompt["id"]  # renewing the lease keeps its start
+    stored = store.submit(ann, prompt["id"], ranks_for(prompt), "timed-one-1", duration_ms=1)
+    assert 42_000 <= stored["duration_ms"] < 45_000  # the client's 1 ms is ignored
+
+
+def test_a_full_prompt_is_never_handed_out_again_and_its_stale_leases_go(db, tokens):
+    store = LabelStore(db)
+    ann, bob = store.user_for_token(tokens["ann"]), store.user_for_token(tokens["bob"])
+    first = store.next_prompt(ann)
+    assert store.next_prompt(bob)["id"] == first["id"]  # 2 labels per prompt: both hold prompt 1
+    store.set_setting("labels_per_prompt", "1")  # the project lowers its target meanwhile
+    store.submit(ann, first["id"], ranks_for(first), "fills-it-1")
+    assert store.db.execute("SELECT COUNT(*) FROM leases WHERE prompt_id = ?", (first["id"],)).fetchone()[0] == 0
+    assert store.next_prompt(bob)["id"] != first["id"]
+    with pytest.raises(LabelError, match="waiting for you"):
+        store.submit(bob, first["id"], ranks_for(first), "late-for-it-1")
+
+
+def test_revoke_and_rotate_tokens(db, tokens):
+    store = LabelStore(db)
+    ann = store.user_for_token(tokens["ann"])
+    store.next_prompt(ann)
+    store.revoke("ann")
+    assert store.user_for_token(tokens["ann"]) is None
+    assert [u.revoked for u in store.users() if u.name == "ann"] == [True]
+    assert store.db.execute("SELECT COUNT(*) FROM leases WHERE user_id = ?", (ann.id,)).fetchone()[0] == 0
+    fresh = store.rotate("ann")
+    assert store.user_for_token(fresh).name == "ann" and store.user_for_token(tokens["ann"]) is None
+    assert not [u for u in store.users() if u.name == "ann"][0].revoked
+    with pytest.raises(LabelError, match="no user named 'zed'.*ann") as caught:
+        store.revoke("zed")
+    assert caught.value.status == 404
+
+
+def test_a_version_2_database_keeps_working(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(MIGRATIONS[0] + ";" + MIGRATIONS[1] + "; PRAGMA user_version = 2;")
+    old.execute("INSERT INTO settings VALUES ('labels_per_prompt', '1'), ('criterion', 'c')")
+    old.commit()
+    old.close()
+    store = LabelStore(path)
+    token = store.add_user("ann")
+    ann = store.user_for_token(token)
+    store.add_prompt("p", ["a", "b"])
+    prompt = store.next_prompt(ann)
+    store.db.execute("UPDATE leases SET leased_at = NULL")  # a lease made before version 3
+    assert store.submit(ann, prompt["id"], ranks_for(prompt), "old-lease-1")["duration_ms"] >= 0

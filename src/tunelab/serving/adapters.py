@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -103,6 +104,58 @@ def resolve_inside(path: str | Path, root: Path) -> Path:
         if not item.resolve().is_relative_to(root):
             raise AdapterError(f"{item.relative_to(resolved)} in adapter {path!s} links outside the allowed directory", 403)
     return resolved
+
+
+@contextmanager
+def snapshot_inside(path: str | Path, root: Path) -> Iterator[Path]:
+    """A private copy of the adapter folder ``path`` inside ``root``, for loading. The
+    checks of ``resolve_inside`` alone would race: a file swapped for a symlink out of
+    ``root`` between the check and the load would be read. Here each file is opened
+    once, the opened file itself is checked (its real path, and that it is a regular
+    file), and its bytes are copied from that same descriptor; the load reads the copy."""
+    import shutil
+    import tempfile
+
+    folder = resolve_inside(path, root)
+    copy_dir = Path(tempfile.mkdtemp(prefix="tunelab-adapter-"))
+    try:
+        for item in sorted(folder.rglob("*")):
+            if not item.is_dir():
+                try:
+                    _copy_checked(item, root.resolve(), copy_dir / item.relative_to(folder))
+                except OSError as exc:
+                    raise AdapterError(f"{item.relative_to(folder)} in adapter {path!s} could not be read: "
+                                       f"{exc.strerror or exc}", 403) from None
+        yield copy_dir
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+
+
+def _copy_checked(item: Path, root: Path, target: Path) -> None:
+    import shutil
+    import stat
+
+    flags = os.O_RDONLY | os.O_NONBLOCK  # a FIFO planted in the folder must not hang the load
+    if not _CAN_CHECK_FD:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(item, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _opened_path(fd, item).is_relative_to(root):
+            raise AdapterError(f"{item.name} is not a file inside the allowed directory {root}", 403)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.dup(fd), "rb") as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+    finally:
+        os.close(fd)
+
+
+_CAN_CHECK_FD = Path("/proc/self/fd").is_dir()
+
+
+def _opened_path(fd: int, opened: Path) -> Path:
+    """The real path of an open file: Linux tells it through /proc; elsewhere the file
+    was opened without following a final symlink, so its path is the one asked for."""
+    return Path(os.readlink(f"/proc/self/fd/{fd}")) if _CAN_CHECK_FD else opened.resolve()
 
 
 def _check_safetensors(folder: Path) -> None:
@@ -217,17 +270,21 @@ class AdapterSet:
             folder = Path(path).resolve()
             if not folder.is_dir():
                 raise AdapterError(f"no adapter folder at {path}", 404)
-        else:
-            if self.allowed_dir is None:
-                raise AdapterError("loading adapters at run time is off: start the server with --adapter-dir", 403)
-            folder = resolve_inside(path, self.allowed_dir)
+            return self._add(name, folder, folder)
+        if self.allowed_dir is None:
+            raise AdapterError("loading adapters at run time is off: start the server with --adapter-dir", 403)
+        with snapshot_inside(path, self.allowed_dir) as copy:
+            return self._add(name, copy, resolve_inside(path, self.allowed_dir))
+
+    def _add(self, name: str, folder: Path, shown: Path) -> Adapter:
+        """Load the adapter in ``folder``; ``shown`` is the path the operator knows it by."""
         _check_safetensors(folder)
-        with _as_adapter_error(folder):
+        with _as_adapter_error(shown):
             kind = adapter_kind(folder)
             if kind == "lora" and mixable_lora(_peft_config(folder)):
-                return self._add_lora(name, folder)
+                return self._add_lora(name, folder, shown)
             model = self._load(folder, kind)
-        adapter = Adapter(name, folder, kind, model)
+        adapter = Adapter(name, shown, kind, model)
         self._register(adapter)
         return adapter
 
@@ -237,7 +294,7 @@ class AdapterSet:
                 raise AdapterError(f"an adapter named '{adapter.name}' is already loaded; unload it first", 409)
             self._adapters[adapter.name] = adapter
 
-    def _add_lora(self, name: str, folder: Path) -> Adapter:
+    def _add_lora(self, name: str, folder: Path, shown: Path) -> Adapter:
         from peft import PeftModel
 
         from tunelab.training.methods._common import MethodError
@@ -259,7 +316,7 @@ class AdapterSet:
                         lora.delete_adapter(key)
                         lora.set_adapter(next(iter(lora.peft_config)), inference_mode=True)
                     raise
-            adapter = Adapter(name, folder, "lora", lora, key)
+            adapter = Adapter(name, shown, "lora", lora, key)
             self._register(adapter)
             self._lora = lora
         return adapter

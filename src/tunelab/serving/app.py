@@ -36,7 +36,7 @@ from tunelab.generation.settings import GenerationSettings
 from tunelab.serving.adapters import AdapterError, AdapterSet
 from tunelab.serving.engine import BatchingEngine, QueueFull, Request as GenerationRequest, WorkerStopped, finish_reason
 from tunelab.serving.settings import ServerSettings
-from tunelab.serving.schema import UNSUPPORTED, ApiError, ChatBody, CompletionBody, LoadBody, Options, error_body
+from tunelab.serving.schema import UNSUPPORTED, ApiError, ChatBody, CompletionBody, LoadBody, Options, describe, error_body
 from tunelab.web import Refusal, RequestGuard, error_id, internal_error_message, log_internal_error
 
 log = logging.getLogger("tunelab.serving")
@@ -333,14 +333,13 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:]) or "body"
-        message = "the body is not valid JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
-        return JSONResponse(error_body(message[:500], param=where if where != "body" else None), 400)
+        message, param = describe(exc.errors())
+        return JSONResponse(error_body(message, param=param), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail)), exc.status_code)
+        unreadable = exc.status_code == 400 and "parsing the body" in str(exc.detail)  # FastAPI's words for bad UTF-8
+        return JSONResponse(error_body("the body is not valid JSON in UTF-8" if unreadable else str(exc.detail)), exc.status_code)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: the detail stays in the log

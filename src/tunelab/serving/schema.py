@@ -23,6 +23,19 @@ def valid_unicode(text: str) -> str:
 Text = Annotated[str, AfterValidator(valid_unicode)]
 
 
+def describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One line for a validation failure, and the field it names. A union field (``stop``:
+    a string or a list of them) fails once per member: a member that matched the type but
+    failed a check says most; pydantic's member tags are left out of the field's path."""
+    first = next((e for e in errors if "Unicode" in str(e.get("msg", ""))), errors[0])
+    parts = [str(p) for p in first["loc"][1:] if not (isinstance(p, str) and ("[" in p or "(" in p))]
+    where = ".".join(parts) or "body"
+    if first["type"] == "json_invalid":
+        return "the body is not valid JSON", None
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"[:500], (where if where != "body" else None)
+
+
 class ApiError(Exception):
     """An answer in OpenAI's error shape with an HTTP status."""
 
