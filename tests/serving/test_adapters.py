@@ -82,3 +82,38 @@ def test_paths_stay_inside_the_allowed_directory(tiny_llama_dir, trained_adapter
     closed = AdapterSet(load_model(str(tiny_llama_dir), device="cpu").model)
     with pytest.raises(AdapterError, match="--adapter-dir"):
         closed.add("x", "inside")
+
+
+def test_a_file_swapped_for_a_link_after_the_path_check_is_never_read(tiny_llama_dir, trained_adapters, tmp_path, monkeypatch):
+    """The race the path check alone loses: the weights become a symlink out of the allowed
+    directory right after resolve_inside approved the folder. The load reads its own
+    checked copy, so it refuses the link; a FIFO planted there cannot hang it either."""
+    from tunelab.serving import adapters
+
+    allowed = tmp_path / "allowed"
+    (allowed / "inside").mkdir(parents=True)
+    lora = trained_adapters["llama"]["lora"]
+    for f in lora.iterdir():
+        (allowed / "inside" / f.name).write_bytes(f.read_bytes())
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes((lora / "adapter_model.safetensors").read_bytes())
+    check = adapters.resolve_inside
+
+    def check_then_swap(path, root):
+        folder = check(path, root)
+        weights = folder / "adapter_model.safetensors"
+        weights.unlink()
+        weights.symlink_to(secret)  # after the check, before the load
+        return folder
+
+    monkeypatch.setattr(adapters, "resolve_inside", check_then_swap)
+    pool = AdapterSet(load_model(str(tiny_llama_dir), device="cpu").model, allowed_dir=allowed)
+    with pytest.raises(AdapterError, match="not a file inside the allowed directory") as caught:
+        pool.add("x", "inside")
+    assert caught.value.status == 403 and pool.names() == ["base"]
+    monkeypatch.setattr(adapters, "resolve_inside", check)
+    weights = allowed / "inside" / "adapter_model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)
+    with pytest.raises(AdapterError, match="not a file"):
+        pool.add("x", "inside")
