@@ -63,10 +63,13 @@ class _Unauthorized(Exception):
 
 
 def cross_site(request: Request) -> bool:
-    """A request a page on another site made the browser send: Sec-Fetch-Site says so, or
-    the Origin is not this host. Scripts send neither header, and are let through."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        return True
+    """A request a page on another site made the browser send. Browsers that send
+    Sec-Fetch-Site say so there (it is authoritative: a same-origin form under
+    ``Referrer-Policy: no-referrer`` sends ``Origin: null``); for older ones, an Origin
+    that is not this host. Scripts send neither header, and are let through."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return False
