@@ -32,7 +32,8 @@ import torch
 from tunelab.alignment import losses as L
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
-from tunelab.training.engine import Trainer, TrainingError, _write_json
+from tunelab.files import write_json, write_jsonl
+from tunelab.training.engine import Trainer, TrainingError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 REFERENCE_ADAPTER = "reference"
@@ -401,10 +402,10 @@ class PPOTrainer(Trainer):
             before = _read_json(self.output_dir / "eval_before.json")
         else:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            _write_json(self.output_dir / "config.json", to_dict(config))
+            write_json(self.output_dir / "config.json", to_dict(config))
             before = self.evaluate_policy("before") if self.eval_rows else None
             if before is not None:
-                _write_json(self.output_dir / "eval_before.json", before)
+                write_json(self.output_dir / "eval_before.json", before)
         started = time.perf_counter() - state["elapsed"]
         bar = tqdm(total=total, initial=state["step"], desc="ppo", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
@@ -425,9 +426,9 @@ class PPOTrainer(Trainer):
         result = self._finish(state)
         if before is not None and after is not None and self.accelerator.is_main_process:
             comparison = {"before": before, "after": after}
-            _write_json(self.output_dir / "eval.json", comparison)
+            write_json(self.output_dir / "eval.json", comparison)
             result.summary["eval"] = comparison
-            _write_json(self.output_dir / "summary.json", result.summary)
+            write_json(self.output_dir / "summary.json", result.summary)
         return TrainResult(result.output_dir, result.artifact, result.steps, result.summary)
 
     def _stop_on_kl(self, kl: float, state: dict[str, Any]) -> None:
@@ -471,7 +472,7 @@ class PPOTrainer(Trainer):
             texts, scores = self._greedy_scores(self.rows, "finding the hardest prompts")
             chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:count]
             if self.accelerator.is_main_process:
-                _write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
+                write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
                                    "scores": [scores[i] for i in chosen], "responses": [texts[i] for i in chosen]})
         self.rows = [self.rows[i] for i in chosen]
 
@@ -505,12 +506,10 @@ class PPOTrainer(Trainer):
             toxicity = (1 - probability).tolist()
             result.update(toxicity_mean=statistics.fmean(toxicity), toxicity_std=statistics.pstdev(toxicity))
         if self.accelerator.is_main_process:  # every response, to see what changed where
-            with (self.output_dir / f"eval_{name}.jsonl").open("w") as out:
-                for i, (text, score) in enumerate(zip(texts, scores)):
-                    record = {"index": i, "response": text, "score": score}
-                    if toxicity is not None:
-                        record["toxicity"] = toxicity[i]
-                    out.write(json.dumps(record) + "\n")
+            records = [{"index": i, "response": text, "score": score} for i, (text, score) in enumerate(zip(texts, scores))]
+            for record, value in zip(records, toxicity or []):
+                record["toxicity"] = value
+            write_jsonl(self.output_dir / f"eval_{name}.jsonl", records)
         if all(r["references"] for r in rows):
             from tunelab.evaluation import rouge
 

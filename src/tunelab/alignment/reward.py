@@ -29,6 +29,7 @@ from tunelab.alignment.losses import bradley_terry_loss
 from tunelab.alignment.preferences import load_pairs
 from tunelab.data.loading import BUILTIN_DATASETS, builtin_path, iter_records
 from tunelab.errors import DataError, TunelabError
+from tunelab.files import write_json
 from tunelab.training.engine import Trainer
 
 REWARD_META = "tunelab_reward.json"
@@ -81,10 +82,6 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    (folder / REWARD_META).write_text(json.dumps(meta, indent=2) + "\n")
-
-
 class _HeadTrainer(Trainer):
     """Shared by both trainers: a classification head instead of the LM head. Each
     subclass says, in ``meta()``, how its artifact scores text."""
@@ -104,8 +101,8 @@ class _HeadTrainer(Trainer):
 
     def save_artifact(self, model: Any, folder: Path) -> None:
         super().save_artifact(model, folder)
-        _write_meta(folder, {**self.meta(), "base": self.config.model, "method": self.config.method,
-                             "max_length": self.config.max_length})
+        write_json(folder / REWARD_META, {**self.meta(), "base": self.config.model, "method": self.config.method,
+                                          "max_length": self.config.max_length})
 
 
 class RewardTrainer(_HeadTrainer):

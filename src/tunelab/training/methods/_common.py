@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.files import write_json
 
 ARTIFACT_CONFIG = "tunelab_adapter.json"  # tunelab's own small artifacts (selective, bottleneck)
 ARTIFACT_WEIGHTS = "adapter_model.safetensors"
@@ -48,7 +49,7 @@ def write_artifact(folder: Path, method: str, tensors: dict[str, Any], extra: di
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / ARTIFACT_WEIGHTS))
-    (folder / ARTIFACT_CONFIG).write_text(json.dumps({"method": method, **extra}, indent=2) + "\n")
+    write_json(folder / ARTIFACT_CONFIG, {"method": method, **extra})
 
 
 def read_artifact(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
