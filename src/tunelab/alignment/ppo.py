@@ -33,6 +33,7 @@ from tunelab.alignment import losses as L
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
 from tunelab.files import write_json, write_jsonl
+from tunelab.training.data import fit_prompt
 from tunelab.training.engine import Trainer, TrainingError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -202,13 +203,11 @@ class PPOTrainer(Trainer):
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         """Prompts (token ids and text, references for ROUGE), built as for fine-tuning."""
-        from tunelab.training.data import _fit_prompt
-
         room = self.config.max_length - (0 if self.loaded.is_encoder_decoder else self.config.ppo.max_new_tokens)
         rows = []
         for example in load_examples(data, split, input_field=self.config.input_field,
                                      target_field=self.config.target_field, limit=limit):
-            ids = _fit_prompt(example, self.builder, self.tokenizer, room)
+            ids = fit_prompt(example, self.builder, self.tokenizer, room)
             if ids is None:
                 raise TunelabError(f"example '{example.id}': the prompt template alone exceeds max_length")
             rows.append({"ids": ids, "text": self.builder.render(example, []), "references": example.references})
