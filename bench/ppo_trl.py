@@ -114,9 +114,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["trl", "tunelab"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/ppo_trl.json"))
     args = parser.parse_args()
-    from tunelab.models.loading import _resolve_source
+    from tunelab.models.loading import resolve_source
 
-    base, _ = _resolve_source("smollm2-135m-instruct")
+    base, _ = resolve_source("smollm2-135m-instruct")
     work = Path("runs/bench/ppo-trl")
     work.mkdir(parents=True, exist_ok=True)
     if args.only:
