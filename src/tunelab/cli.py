@@ -405,9 +405,9 @@ def cmd_label(args: argparse.Namespace) -> int:
             for user in store.users():
                 print("\t".join([str(user.id), user.name] + (["admin"] if user.is_admin else [])))
         else:
-            from tunelab.feedback.app import _stats
+            from tunelab.feedback.report import labeling_report
 
-            report = _stats(store)
+            report = labeling_report(store)
             progress = report["progress"]
             print(f"{progress['judgements']} of {progress['wanted']} judgements; {progress['prompts_complete']} of "
                   f"{progress['prompts']} prompts complete")
