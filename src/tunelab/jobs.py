@@ -86,7 +86,7 @@ def load_for_inference(model: str, adapter: str | None = None, **options: Any) -
 
     loaded = load_model(model, **options)
     if adapter:
-        from tunelab.training.methods import load_artifact
+        from tunelab.models.adapters import load_artifact
 
         loaded.model = load_artifact(loaded.model, adapter)
     return loaded

@@ -10,9 +10,9 @@ from tests.conftest import DATA_ROWS
 from tunelab.alignment.ppo import PPOTrainer, policy_outputs, rollout_batch
 from tunelab.alignment.losses import token_logprobs
 from tunelab.models import load_model
+from tunelab.models.adapters import load_artifact
 from tunelab.training.config import TrainConfig
 from tunelab.training.engine import Trainer, TrainingError
-from tunelab.training.methods import load_artifact
 
 # a token each tiny random model samples now and then, and the learning rate that works
 TOY = {"llama": ("Summar", 1e-2), "t5": ("F", 3e-3)}

@@ -7,11 +7,10 @@ import torch
 
 from tests.training.test_methods import make_config
 from tunelab.data import load_examples
-from tunelab.errors import DataError, ModelError
+from tunelab.errors import DataError, MethodError, ModelError
 from tunelab.models import load_model
 from tunelab.training.config import RecipeError, load_recipe
 from tunelab.training.engine import Trainer, TrainingError
-from tunelab.training.methods._common import MethodError
 
 
 def trainable(trainer):

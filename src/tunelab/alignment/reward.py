@@ -311,7 +311,7 @@ def _load_head_model(folder: Path, device: str) -> tuple[dict[str, Any], Any]:
     if (folder / "adapter_config.json").is_file():
         if not meta:
             raise TunelabError(f"{folder}: a LoRA reward model needs its {REWARD_META} (written by tunelab train)")
-        from tunelab.training.methods import load_artifact
+        from tunelab.models.adapters import load_artifact
 
         loaded = load_model(meta["base"], device=device, classifier_labels=meta["labels"])
         loaded.model = load_artifact(loaded.model, folder)

@@ -241,6 +241,12 @@ def _check_safetensors(folder: Path) -> None:
     raise ModelError(f"{folder} has a config.json but no *.safetensors weights")
 
 
+def model_type(model: Any) -> str:
+    """The architecture family the config names ('llama', 't5'): methods' default
+    targets and adapter placements are keyed by it."""
+    return getattr(model.config, "model_type", "")
+
+
 def is_classifier_config(config: Any) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 

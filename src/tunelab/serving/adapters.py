@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from tunelab.errors import TunelabError
+from tunelab.errors import MethodError, TunelabError
+from tunelab.models.adapters import adapter_kind, load_artifact, read_artifact
 
 BASE = "base"
 
@@ -72,19 +73,6 @@ def _unshare(view: torch.nn.Module, names: list[str]) -> None:
         for place in places[id(parameter)]:
             module_name, _, leaf = place.rpartition(".")
             setattr(view.get_submodule(module_name), leaf, copy_)
-
-
-def adapter_kind(folder: Path) -> str:
-    """lora, ia3, prompt_tuning, prefix_tuning, ... (peft) or adapter / selective (tunelab)."""
-    import json
-
-    from tunelab.training.methods._common import ARTIFACT_CONFIG
-
-    if (folder / "adapter_config.json").is_file():
-        return str(json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "peft")).lower()
-    if (folder / ARTIFACT_CONFIG).is_file():
-        return str(json.loads((folder / ARTIFACT_CONFIG).read_text()).get("method", "tunelab"))
-    raise AdapterError(f"{folder} is not an adapter folder (no adapter_config.json or {ARTIFACT_CONFIG})")
 
 
 def resolve_inside(path: str | Path, root: Path) -> Path:
@@ -240,8 +228,6 @@ class AdapterSet:
     def _add_lora(self, name: str, folder: Path) -> Adapter:
         from peft import PeftModel
 
-        from tunelab.training.methods._common import MethodError
-
         if not (folder / "adapter_model.safetensors").is_file():
             raise MethodError(f"{folder}: no adapter_model.safetensors (pickled adapter weights are not loaded)")
         key = f"lora{next(self._lora_ids)}"  # peft's names may not hold '.', ours may
@@ -265,12 +251,8 @@ class AdapterSet:
         return adapter
 
     def _load(self, folder: Path, kind: str) -> Any:
-        from tunelab.training.methods import load_artifact
-
         view = shared_view(self.base)
         if kind in ("selective", "adapter"):
-            from tunelab.training.methods._common import read_artifact
-
             _unshare(view, list(read_artifact(folder)[1]))
         elif _peft_config(folder).get("bias", "none") != "none":  # peft writes trained biases into the layers
             _unshare(view, [n for n, _ in view.named_parameters() if n.endswith(".bias")])

@@ -17,8 +17,8 @@ from tunelab.alignment.dpo import DPOSettings
 from tunelab.alignment.ppo import PPOSettings
 from tunelab.alignment.reward import ClassifierSettings, RewardSettings
 from tunelab.errors import TunelabError
+from tunelab.models.bottleneck import AdapterSettings
 from tunelab.models.loading import DEFAULT_MODEL
-from tunelab.training.methods.adapter import AdapterSettings
 from tunelab.training.methods.ia3 import IA3Settings
 from tunelab.training.methods.lora import LoraSettings
 from tunelab.training.methods.selective import SelectiveSettings
