@@ -304,7 +304,7 @@ def _before_after_table(comparison: dict) -> str:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tunelab.jobs import load_for_inference
+    from tunelab.models import load_for_inference
     from tunelab.training.methods.lora import merge
 
     loaded = load_for_inference(args.model, str(args.adapter), device="cpu")
@@ -323,7 +323,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from tunelab.evaluation.benchmarks import run_benchmarks
     from tunelab.files import write_json
-    from tunelab.jobs import load_for_inference
+    from tunelab.models import load_for_inference
 
     loaded = load_for_inference(args.model, args.adapter)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.data import BUILTIN_DATASETS, Example, load_examples
 from tunelab.generation import GenerationSettings
-from tunelab.models import DEFAULT_MODEL
+from tunelab.models import DEFAULT_MODEL, load_for_inference
 from tunelab.errors import PromptError
 from tunelab.files import write_json, write_jsonl, write_text
 from tunelab.prompting import Prompt, PromptBuilder, PromptTemplate, ShotSelector
@@ -78,18 +78,6 @@ def build_prompts(job: PromptJob, loaded: Any, examples: list[Example]) -> tuple
     wants_shots = bool(job.shots or job.shot_ids)  # a negative count reaches ShotSelector's check
     selector = ShotSelector(load_shot_pool(job), job.shots, ids=job.shot_ids, seed=job.shot_seed) if wants_shots else None
     return builder, builder.build_all(examples, selector)
-
-
-def load_for_inference(model: str, adapter: str | None = None, **options: Any) -> Any:
-    """A model, with a trained adapter applied when one is given (any method's artifact)."""
-    from tunelab.models import load_model
-
-    loaded = load_model(model, **options)
-    if adapter:
-        from tunelab.models.adapters import load_artifact
-
-        loaded.model = load_artifact(loaded.model, adapter)
-    return loaded
 
 
 def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, desc: str = "generating") -> list[dict]:

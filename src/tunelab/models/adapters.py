@@ -109,3 +109,13 @@ def load_artifact(model: Any, folder: str | Path) -> Any:
     if kind not in loaders:
         raise MethodError(f"{folder}: unknown tunelab artifact method '{kind}'")
     return loaders[kind](model, folder).eval()
+
+
+def load_for_inference(model: str, adapter: str | Path | None = None, **options: Any) -> Any:
+    """A model (``load_model``'s options), with a trained adapter applied when one is given."""
+    from tunelab.models.loading import load_model
+
+    loaded = load_model(model, **options)
+    if adapter:
+        loaded.model = load_artifact(loaded.model, adapter)
+    return loaded
