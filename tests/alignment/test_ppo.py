@@ -180,6 +180,19 @@ def test_ppo_recipe_errors(tiny_llama_dir, dialog_file, tmp_path):
         PPOTrainer(config, progress=False)
 
 
+def test_an_init_adapter_with_pickled_weights_is_refused(tiny_llama_dir, dialog_file, tmp_path):
+    """ppo.init_adapter passes the safetensors-only check every adapter load passes."""
+    from tunelab.errors import MethodError
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}))
+    torch.save({}, pickled / "adapter_model.bin")
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, init_adapter=str(pickled))
+    with pytest.raises(MethodError, match=r"no adapter_model.safetensors; pickled weights \(adapter_model.bin\) are never loaded"):
+        PPOTrainer(config, progress=False)
+
+
 def test_trimming_prompt_padding_keeps_the_log_probs(tiny_model):
     """A minibatch of short prompts drops the columns only the rollout batch's long prompt
     needed, and scores its rows exactly as before."""

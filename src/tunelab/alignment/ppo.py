@@ -33,6 +33,7 @@ from tunelab.alignment import losses as L
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
 from tunelab.files import write_json, write_jsonl
+from tunelab.models.adapters import PEFT_CONFIG, check_safetensors
 from tunelab.training.data import fit_prompt
 from tunelab.training.engine import Trainer, TrainingError
 
@@ -185,9 +186,10 @@ class PPOTrainer(Trainer):
             return super().prepare_model()
         from peft import PeftModel
 
-        if not (Path(init) / "adapter_config.json").is_file():
+        if not (Path(init) / PEFT_CONFIG).is_file():
             raise TunelabError(f"ppo.init_adapter {init} is not a LoRA adapter folder; train one first, e.g. "
                                "`tunelab train recipes/dialogsum-lora.yaml`")
+        check_safetensors(Path(init))  # peft would unpickle an adapter_model.bin
         model = PeftModel.from_pretrained(self.loaded.model, init, is_trainable=True)
         model.load_adapter(init, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")

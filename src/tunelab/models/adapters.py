@@ -5,7 +5,8 @@ Two formats, both with their weights in ``adapter_model.safetensors``:
   * tunelab's small artifacts (selective fine-tuning, bottleneck adapters):
     ``tunelab_adapter.json`` (method and settings) plus only the trained tensors.
 Training writes them (``training/methods``); everything that applies one (the CLI's
-``--adapter``, the server's adapter views, reward models) reads them through here.
+``--adapter``, the server's adapter views, reward models, PPO's ``init_adapter``) reads
+them through here, and every load first passes ``check_safetensors``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ from tunelab.models.bottleneck import AdapterSettings, insert
 PEFT_CONFIG = "adapter_config.json"
 ARTIFACT_CONFIG = "tunelab_adapter.json"  # tunelab's own small artifacts (selective, bottleneck)
 ARTIFACT_WEIGHTS = "adapter_model.safetensors"  # peft's name, so both formats keep weights alike
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+
+
+def check_safetensors(folder: Path) -> None:
+    """Adapter weights come from safetensors only: unpickling a ``.bin`` can run arbitrary
+    code, and peft falls back to ``adapter_model.bin`` when the safetensors file is missing."""
+    if (folder / ARTIFACT_WEIGHTS).is_file():
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    refused = f"; pickled weights ({', '.join(pickles)}) are never loaded, since unpickling can run code" if pickles else ""
+    raise MethodError(f"{folder}: no {ARTIFACT_WEIGHTS}{refused}")
 
 
 def adapter_kind(folder: Path) -> str:
@@ -29,6 +41,8 @@ def adapter_kind(folder: Path) -> str:
         return str(json.loads((folder / PEFT_CONFIG).read_text()).get("peft_type", "peft")).lower()
     if (folder / ARTIFACT_CONFIG).is_file():
         return str(json.loads((folder / ARTIFACT_CONFIG).read_text()).get("method", "tunelab"))
+    if (folder / "config.json").is_file():
+        raise MethodError(f"{folder} is a whole model (full fine-tuning): pass it as --model, not --adapter")
     raise MethodError(f"{folder} is not an adapter folder (no {PEFT_CONFIG} or {ARTIFACT_CONFIG})")
 
 
@@ -96,15 +110,12 @@ def load_artifact(model: Any, folder: str | Path) -> Any:
     """Apply a trained artifact to its base model for inference: a peft adapter folder
     (LoRA, prompt/prefix tuning, IA3) or a tunelab one (selective, bottleneck adapter)."""
     folder = Path(folder)
+    kind = adapter_kind(folder)
+    check_safetensors(folder)
     if (folder / PEFT_CONFIG).is_file():
-        if not (folder / ARTIFACT_WEIGHTS).is_file():
-            raise MethodError(f"{folder}: no {ARTIFACT_WEIGHTS} (pickled adapter weights are not loaded)")
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, str(folder)).eval()
-    if (folder / "config.json").is_file() and not (folder / ARTIFACT_CONFIG).is_file():
-        raise MethodError(f"{folder} is a whole model (full fine-tuning): pass it as --model, not --adapter")
-    kind = adapter_kind(folder)
     loaders = {"selective": _load_selective, "adapter": _load_bottleneck}
     if kind not in loaders:
         raise MethodError(f"{folder}: unknown tunelab artifact method '{kind}'")

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from tunelab.errors import MethodError, TunelabError
-from tunelab.models.adapters import adapter_kind, load_artifact, read_artifact
+from tunelab.errors import TunelabError
+from tunelab.models.adapters import adapter_kind, check_safetensors, load_artifact, read_artifact
 
 BASE = "base"
 
@@ -91,13 +91,6 @@ def resolve_inside(path: str | Path, root: Path) -> Path:
         if not item.resolve().is_relative_to(root):
             raise AdapterError(f"{item.relative_to(resolved)} in adapter {path!s} links outside the allowed directory", 403)
     return resolved
-
-
-def _check_safetensors(folder: Path) -> None:
-    """Weights only from safetensors: a folder with pickled weights alone is refused."""
-    if not any(folder.glob("*.safetensors")):
-        pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
-        raise AdapterError(f"{folder}: no .safetensors weights" + (f" (pickled {pickles} are never loaded)" if pickles else ""), 422)
 
 
 class AdapterSet:
@@ -209,9 +202,9 @@ class AdapterSet:
             if self.allowed_dir is None:
                 raise AdapterError("loading adapters at run time is off: start the server with --adapter-dir", 403)
             folder = resolve_inside(path, self.allowed_dir)
-        _check_safetensors(folder)
         with _as_adapter_error(folder):
             kind = adapter_kind(folder)
+            check_safetensors(folder)
             if kind == "lora" and mixable_lora(_peft_config(folder)):
                 return self._add_lora(name, folder)
             model = self._load(folder, kind)
@@ -228,8 +221,6 @@ class AdapterSet:
     def _add_lora(self, name: str, folder: Path) -> Adapter:
         from peft import PeftModel
 
-        if not (folder / "adapter_model.safetensors").is_file():
-            raise MethodError(f"{folder}: no adapter_model.safetensors (pickled adapter weights are not loaded)")
         key = f"lora{next(self._lora_ids)}"  # peft's names may not hold '.', ours may
         with self._changing_lora():
             if name in self.names():
