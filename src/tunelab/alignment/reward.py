@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +26,13 @@ import torch.nn.functional as F
 
 from tunelab.alignment.losses import bradley_terry_loss
 from tunelab.alignment.preferences import load_pairs
+from tunelab.alignment.settings import ClassifierSettings
 from tunelab.data.loading import BUILTIN_DATASETS, builtin_path, iter_records
 from tunelab.errors import DataError, TunelabError
 from tunelab.files import write_json
 from tunelab.training.engine import Trainer
 
 REWARD_META = "tunelab_reward.json"
-
-
-@dataclass
-class RewardSettings:
-    use_margin: bool = field(default=False, metadata={"help": "Subtract each pair's 'margin' inside the Bradley-Terry loss (Llama 2's margin loss)."})
-    center_coef: float = field(default=0.0, metadata={"help": "Weight of (r_chosen + r_rejected)^2, keeping rewards near 0 (Eisenstein et al., 2023; TRL suggests 0.01)."})
-
-
-@dataclass
-class ClassifierSettings:
-    text_field: str = field(default="tweet", metadata={"help": "Column holding the text."})
-    label_field: str = field(default="class", metadata={"help": "Column holding the label (a class index or name)."})
-    labels: list[str] = field(default_factory=lambda: ["hate", "offensive", "neither"], metadata={"help": "Class names in index order (Davidson: 0 hate speech, 1 offensive, 2 neither)."})
-    reward_label: str = field(default="neither", metadata={"help": "The class whose score is the reward when PPO uses this classifier (detox: the non-toxic class)."})
-    balance: bool = field(default=True, metadata={"help": "Weight the loss by inverse class frequency (Davidson is 77% 'offensive')."})
 
 
 # -- text -> token ids (one function, so training and scoring see the same input) -----------

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.alignment.dpo import DPOSettings
-from tunelab.alignment.ppo import PPOSettings
-from tunelab.alignment.reward import ClassifierSettings, RewardSettings
+from tunelab.alignment.settings import ClassifierSettings, DPOSettings, PPOSettings, RewardSettings
 from tunelab.errors import TunelabError
 from tunelab.models.bottleneck import AdapterSettings
 from tunelab.models.loading import DEFAULT_MODEL
