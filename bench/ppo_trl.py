@@ -89,7 +89,7 @@ def run_trl(base: str, work: Path, steps: int) -> dict:
 
 def run_tunelab(base: str, work: Path, steps: int) -> dict:
     from tunelab.alignment.ppo import PPOTrainer
-    from tunelab.training.config import load_recipe
+    from tunelab.recipe import load_recipe
 
     overrides = [f"model={base}", f"max_steps={steps}", f"learning_rate={LR}", "ppo.init_adapter=null",
                  f"ppo.reward={reward_model_dir(base, work)}", f"ppo.rollout_batch_size={BATCH}", "ppo.mini_batch_size=4",

@@ -36,7 +36,7 @@ def peak_rss_mb() -> float:
 
 
 def run_tunelab(steps: int, batch_size: int) -> dict:
-    from tunelab.training.config import TrainConfig
+    from tunelab.recipe import TrainConfig
     from tunelab.training.engine import Trainer
 
     config = TrainConfig(method="lora", data="dialogsum", split="dev", max_steps=steps, batch_size=batch_size,

@@ -271,8 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tunelab.training.config import load_recipe
-    from tunelab.training.engine import train
+    from tunelab.recipe import load_recipe, train
 
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     config = load_recipe(args.recipe, overrides)

@@ -155,8 +155,7 @@ class DemoJob:
 
 def _demo_lora(job: DemoJob, settings: GenerationSettings) -> tuple[Path, Path]:
     """A short LoRA fine-tune on DialogSum dev, then the same test dialogues, zero-shot."""
-    from tunelab.training.config import load_recipe
-    from tunelab.training.engine import train
+    from tunelab.recipe import load_recipe, train
 
     lora_dir = job.out_dir / "lora"
     config = load_recipe(job.recipe, [f"max_steps={job.train_steps}", f"output_dir={lora_dir}", "eval_data=null",
@@ -175,8 +174,7 @@ def _demo_alignment(job: DemoJob, summarizer: Path) -> None:
     its 'neither' logit as the reward: reward and KL printed per step."""
     import json
 
-    from tunelab.training.config import load_recipe
-    from tunelab.training.engine import train
+    from tunelab.recipe import load_recipe, train
 
     classifier_dir = job.out_dir / "toxicity-classifier"
     config = load_recipe(Path("recipes/toxicity-classifier.yaml"), [

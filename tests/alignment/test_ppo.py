@@ -11,7 +11,7 @@ from tunelab.alignment.ppo import PPOTrainer, policy_outputs, rollout_batch
 from tunelab.alignment.losses import token_logprobs
 from tunelab.models import load_model
 from tunelab.models.adapters import load_artifact
-from tunelab.training.config import TrainConfig
+from tunelab.recipe import TrainConfig
 from tunelab.training.engine import Trainer, TrainingError
 
 # a token each tiny random model samples now and then, and the learning rate that works
@@ -168,7 +168,7 @@ def test_ppo_continues_a_trained_adapter_whose_copy_is_the_reference(tiny_model_
 
 def test_ppo_recipe_errors(tiny_llama_dir, dialog_file, tmp_path):
     from tunelab.errors import TunelabError
-    from tunelab.training.config import RecipeError, load_recipe
+    from tunelab.recipe import RecipeError, load_recipe
 
     with pytest.raises(RecipeError, match="stage ppo needs ppo.reward"):
         load_recipe(None, ["stage=ppo"])

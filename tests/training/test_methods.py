@@ -8,7 +8,7 @@ import torch
 
 from tunelab.models import load_model
 from tunelab.models.adapters import load_artifact
-from tunelab.training.config import TrainConfig
+from tunelab.recipe import TrainConfig
 from tunelab.training.engine import Trainer
 
 LEARNING_RATES = {

@@ -23,6 +23,7 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -349,7 +350,6 @@ class PPOTrainer(Trainer):
         from tqdm.auto import tqdm
         from transformers import get_scheduler
 
-        from tunelab.training.config import to_dict
         from tunelab.training.engine import TrainResult
 
         config, settings = self.config, self.config.ppo
@@ -372,7 +372,7 @@ class PPOTrainer(Trainer):
             before = _read_json(self.output_dir / "eval_before.json")
         else:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            write_json(self.output_dir / "config.json", to_dict(config))
+            write_json(self.output_dir / "config.json", asdict(config))
             before = self.evaluate_policy("before") if self.eval_rows else None
             if before is not None:
                 write_json(self.output_dir / "eval_before.json", before)

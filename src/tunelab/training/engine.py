@@ -18,7 +18,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,8 @@ from tunelab.training.data import collate, length_grouped_batches, row_length, t
 from tunelab.training.losses import completion_loss, positions_to_keep
 from tunelab.training.methods import METHODS
 
-if TYPE_CHECKING:  # the recipe imports the alignment trainers, which import this module
-    from tunelab.training.config import TrainConfig
+if TYPE_CHECKING:  # type only: the recipe sits above training and picks its trainer
+    from tunelab.recipe import TrainConfig
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -308,10 +308,8 @@ class Trainer:
         if resume:
             state = self.load_checkpoint()
         else:
-            from tunelab.training.config import to_dict
-
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            write_json(self.output_dir / "config.json", to_dict(config))
+            write_json(self.output_dir / "config.json", asdict(config))
         started = time.perf_counter() - state["elapsed"]
         bar = tqdm(total=total, initial=state["step"], desc=f"train {config.method}", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
@@ -396,18 +394,3 @@ class Trainer:
             self.plot()
         self.accelerator.wait_for_everyone()
         return TrainResult(self.output_dir, artifact, state["step"], summary)
-
-
-def trainer_class(stage: str) -> type[Trainer]:
-    """The trainer a recipe's ``stage`` names (each in its own file)."""
-    if stage == "sft":
-        return Trainer
-    from tunelab.alignment.dpo import DPOTrainer
-    from tunelab.alignment.ppo import PPOTrainer
-    from tunelab.alignment.reward import ClassifierTrainer, RewardTrainer
-
-    return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "dpo": DPOTrainer}[stage]
-
-
-def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> TrainResult:
-    return trainer_class(config.stage)(config, loaded, progress=progress).train(resume=resume)
