@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/ppo.json"))
     args = parser.parse_args()
 
-    from tunelab.training.config import load_recipe
+    from tunelab.recipe import load_recipe
     from tunelab.alignment.ppo import PPOTrainer
 
     have_classifier = Path(args.reward).is_dir()

@@ -159,8 +159,8 @@ def tunelab_config(base: str, reward: Path, output_dir: Path, steps: int):
     added to PPOSettings or LoraSettings later stops the run until it is pinned here."""
     import dataclasses
 
-    from tunelab.alignment.ppo import PPOSettings
-    from tunelab.training.config import TrainConfig
+    from tunelab.alignment.settings import PPOSettings
+    from tunelab.recipe import TrainConfig
     from tunelab.training.methods.lora import LoraSettings
 
     r, alpha, dropout = P["LoRA r / alpha / dropout"]

@@ -179,7 +179,7 @@ def main() -> int:
     for spec in specs:
         name, path = spec.split("=", 1)
         pool.add(name, path, trusted=True)
-    from tunelab.training.methods import load_artifact
+    from tunelab.models.adapters import load_artifact
 
     merged = {}
     for spec in specs:

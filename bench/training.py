@@ -122,7 +122,7 @@ def batch_order(rows: list[dict], batch_size: int) -> list[list[int]]:
 
 
 def run_tunelab(steps: int, batch_size: int) -> dict:
-    from tunelab.training.config import TrainConfig
+    from tunelab.recipe import TrainConfig
     from tunelab.training.engine import Trainer
     from tunelab.training.methods.lora import LoraSettings
 

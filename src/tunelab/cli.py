@@ -266,27 +266,28 @@ def _version() -> str:
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     from tunelab.generation.settings import GenerationSettings
-    from tunelab.jobs import PromptJob, run_prompt, write_jsonl
+    from tunelab.files import write_jsonl
+    from tunelab.jobs import PromptJob, run_prompt
 
     shot_ids = [s.strip() for s in args.shot_ids.split(",") if s.strip()] if args.shot_ids else None
     job = _from_args(PromptJob, args, shot_ids=shot_ids, generation=_from_args(GenerationSettings, args))
     rows = run_prompt(job, progress=not args.no_progress)
-    write_jsonl(rows, args.out)
+    write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tunelab.evaluation.report import markdown_table, score_files, write_json
+    from tunelab.evaluation.report import markdown_table, score_files
+    from tunelab.files import write_json, write_text
 
     results = score_files(args.predictions, args.multi_ref)
     table = markdown_table(results)
     print(table)
     if args.out:
-        write_json(results, args.out)
+        write_json(args.out, results)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n", encoding="utf-8")
+        write_text(args.markdown, table + "\n")
     return 0
 
 
@@ -302,8 +303,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tunelab.training.config import load_recipe
-    from tunelab.training.engine import train
+    from tunelab.recipe import load_recipe, train
 
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     config = load_recipe(args.recipe, overrides)
@@ -335,7 +335,7 @@ def _before_after_table(comparison: dict) -> str:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tunelab.jobs import load_for_inference
+    from tunelab.models import load_for_inference
     from tunelab.training.methods.lora import merge
 
     loaded = load_for_inference(args.model, str(args.adapter), device="cpu")
@@ -352,10 +352,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import json
-
     from tunelab.evaluation.benchmarks import run_benchmarks
-    from tunelab.jobs import load_for_inference
+    from tunelab.files import write_json
+    from tunelab.models import load_for_inference
 
     loaded = load_for_inference(args.model, args.adapter)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -364,34 +363,32 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for task, result in results.items():
         print(f"| {task} | {100 * result['accuracy']:.1f} | {result['n']} |")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.out, results)
     return 0
 
 
 def cmd_forgetting(args: argparse.Namespace) -> int:
     from tunelab.evaluation.benchmarks import forgetting_table, read_scores
     from tunelab.evaluation.report import labels_for
+    from tunelab.files import write_text
 
     runs = {label: read_scores(path) for label, path in zip(labels_for(args.scores), args.scores)}
     table = forgetting_table(runs)
     print(table)
     if args.out:
-        args.out.write_text(table + "\n")
+        write_text(args.out, table + "\n")
     return 0
 
 
 def cmd_reward(args: argparse.Namespace) -> int:
-    import json
-
     from tunelab.alignment.reward import ModelScorer, evaluate_pairs, read_texts
+    from tunelab.files import write_json, write_jsonl
 
     if args.action == "eval":
         metrics = evaluate_pairs(ModelScorer(args.model), args.data, args.split, args.limit)
         print(f"pairs {metrics['pairs']}  accuracy {metrics['accuracy']:.4f}  mean margin {metrics['margin']:.4f}  loss {metrics['loss']:.4f}")
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+            write_json(args.out, metrics)
         return 0
     rows = read_texts(args.texts)
     scorer = ModelScorer(args.model, output=args.output, label=args.label)
@@ -399,16 +396,11 @@ def cmd_reward(args: argparse.Namespace) -> int:
     for row, reward in zip(rows, rewards):
         print(f"{reward:.4f}\t{row['text'][:100]!r}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as handle:
-            for row, reward in zip(rows, rewards):
-                handle.write(json.dumps({**row, "reward": reward}, ensure_ascii=False) + "\n")
+        write_jsonl(args.out, ({**row, "reward": reward} for row, reward in zip(rows, rewards)))
     return 0
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    import json
-
     if args.action == "prepare":
         from tunelab.feedback.prepare import prepare
         from tunelab.generation.settings import GenerationSettings
@@ -452,9 +444,9 @@ def cmd_label(args: argparse.Namespace) -> int:
                 print("\t".join([str(user.id), user.name] + (["admin"] if user.is_admin else [])
                                  + (["revoked"] if user.revoked else [])))
         else:
-            from tunelab.feedback.app import _stats
+            from tunelab.feedback.report import labeling_report
 
-            report = _stats(store)
+            report = labeling_report(store)
             progress = report["progress"]
             print(f"{progress['judgements']} of {progress['wanted']} judgements; {progress['prompts_complete']} of "
                   f"{progress['prompts']} prompts complete")
@@ -464,7 +456,9 @@ def cmd_label(args: argparse.Namespace) -> int:
             for name, row in report["per_labeler"].items():
                 print(f"  {name}: {row['judgements']} judged, agreement {fmt(row['agreement'])}, tau {fmt(row['kendall_tau'])}")
             if args.out:
-                args.out.write_text(json.dumps(report, indent=2) + "\n")
+                from tunelab.files import write_json
+
+                write_json(args.out, report)
     finally:
         store.close()
     return 0

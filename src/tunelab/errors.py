@@ -15,3 +15,8 @@ class DataError(TunelabError):
 
 class PromptError(TunelabError):
     """A prompt cannot be built as asked (e.g. it does not fit the context window)."""
+
+
+class MethodError(TunelabError):
+    """A fine-tuning method cannot be applied as configured, or its artifact cannot be
+    read (names the fix)."""

@@ -6,10 +6,7 @@ Each stage package stays independent; this module is where they meet
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,8 +15,9 @@ from typing import Any
 
 from tunelab.data import BUILTIN_DATASETS, Example, load_examples
 from tunelab.generation import GenerationSettings
-from tunelab.models import DEFAULT_MODEL
+from tunelab.models import DEFAULT_MODEL, load_for_inference
 from tunelab.errors import PromptError
+from tunelab.files import write_json, write_jsonl, write_text
 from tunelab.prompting import Prompt, PromptBuilder, PromptTemplate, ShotSelector
 
 
@@ -82,18 +80,6 @@ def build_prompts(job: PromptJob, loaded: Any, examples: list[Example]) -> tuple
     return builder, builder.build_all(examples, selector)
 
 
-def load_for_inference(model: str, adapter: str | None = None, **options: Any) -> Any:
-    """A model, with a trained adapter applied when one is given (any method's artifact)."""
-    from tunelab.models import load_model
-
-    loaded = load_model(model, **options)
-    if adapter:
-        from tunelab.training.methods import load_artifact
-
-        loaded.model = load_artifact(loaded.model, adapter)
-    return loaded
-
-
 def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, desc: str = "generating") -> list[dict]:
     """Prompt the model on every example; one output row per example."""
     from tunelab.generation import generate
@@ -151,21 +137,6 @@ def human_baseline(examples: Iterable[Example]) -> list[dict]:
     return rows
 
 
-def write_jsonl(rows: Iterable[dict], path: Path) -> None:
-    """Write then rename, so an interrupted run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class DemoJob:
     """`tunelab demo`: zero-, one- and few-shot DialogSum summaries with the default model."""
@@ -184,8 +155,7 @@ class DemoJob:
 
 def _demo_lora(job: DemoJob, settings: GenerationSettings) -> tuple[Path, Path]:
     """A short LoRA fine-tune on DialogSum dev, then the same test dialogues, zero-shot."""
-    from tunelab.training.config import load_recipe
-    from tunelab.training.engine import train
+    from tunelab.recipe import load_recipe, train
 
     lora_dir = job.out_dir / "lora"
     config = load_recipe(job.recipe, [f"max_steps={job.train_steps}", f"output_dir={lora_dir}", "eval_data=null",
@@ -195,7 +165,7 @@ def _demo_lora(job: DemoJob, settings: GenerationSettings) -> tuple[Path, Path]:
     prompt_job = PromptJob(data="dialogsum", split="test", limit=job.limit, model=job.model,
                            adapter=str(result.artifact), generation=settings)
     path = job.out_dir / f"lora-{job.train_steps}-steps.jsonl"
-    write_jsonl(run_prompt(prompt_job, desc="LoRA"), path)
+    write_jsonl(path, run_prompt(prompt_job, desc="LoRA"))
     return path, result.artifact
 
 
@@ -204,8 +174,7 @@ def _demo_alignment(job: DemoJob, summarizer: Path) -> None:
     its 'neither' logit as the reward: reward and KL printed per step."""
     import json
 
-    from tunelab.training.config import load_recipe
-    from tunelab.training.engine import train
+    from tunelab.recipe import load_recipe, train
 
     classifier_dir = job.out_dir / "toxicity-classifier"
     config = load_recipe(Path("recipes/toxicity-classifier.yaml"), [
@@ -229,7 +198,7 @@ def _demo_alignment(job: DemoJob, summarizer: Path) -> None:
 
 
 def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
-    from tunelab.evaluation.report import markdown_table, score_files, write_json
+    from tunelab.evaluation.report import markdown_table, score_files
     from tunelab.models import load_model
 
     started = time.perf_counter()
@@ -237,14 +206,14 @@ def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
     loaded = load_model(job.model)
     files = []
     human = job.out_dir / "human-baseline.jsonl"
-    write_jsonl(human_baseline(load_examples("dialogsum", "test", limit=job.limit)), human)
+    write_jsonl(human, human_baseline(load_examples("dialogsum", "test", limit=job.limit)))
     files.append(human)
     settings = GenerationSettings(max_new_tokens=job.max_new_tokens, batch_size=job.batch_size)
     for k in job.shots:
         prompt_job = PromptJob(data="dialogsum", split="test", limit=job.limit, shots=k, model=job.model, generation=settings)
         rows = run_prompt(prompt_job, loaded, desc=f"{k}-shot")
         path = job.out_dir / f"{k}-shot.jsonl"
-        write_jsonl(rows, path)
+        write_jsonl(path, rows)
         files.append(path)
     summarizer = None
     if job.train_steps:
@@ -252,8 +221,8 @@ def run_demo(job: DemoJob) -> dict[str, dict[str, float]]:
         files.append(path)
     results = score_files(files)
     table = markdown_table(results)
-    write_json(results, job.out_dir / "metrics.json")
-    (job.out_dir / "table.md").write_text(table + "\n", encoding="utf-8")
+    write_json(job.out_dir / "metrics.json", results)
+    write_text(job.out_dir / "table.md", table + "\n")
     print(table)
     if summarizer is not None and job.classifier_steps and job.ppo_steps:
         _demo_alignment(job, summarizer)

@@ -9,7 +9,7 @@ import torch
 from tests.alignment.test_reward import config_for, pairs_file  # noqa: F401  (fixture)
 from tunelab.alignment.dpo import DPOTrainer, sequence_logps
 from tunelab.errors import DataError
-from tunelab.training.config import RecipeError, load_recipe
+from tunelab.recipe import RecipeError, load_recipe
 
 
 def logp_margin(trainer):

@@ -10,9 +10,9 @@ from tests.conftest import DATA_ROWS
 from tunelab.alignment.ppo import PPOTrainer, policy_outputs, rollout_batch
 from tunelab.alignment.losses import token_logprobs
 from tunelab.models import load_model
-from tunelab.training.config import TrainConfig
+from tunelab.models.adapters import load_artifact
+from tunelab.recipe import TrainConfig
 from tunelab.training.engine import Trainer, TrainingError
-from tunelab.training.methods import load_artifact
 
 # a token each tiny random model samples now and then, and the learning rate that works
 TOY = {"llama": ("Summar", 1e-2), "t5": ("F", 3e-3)}
@@ -168,7 +168,7 @@ def test_ppo_continues_a_trained_adapter_whose_copy_is_the_reference(tiny_model_
 
 def test_ppo_recipe_errors(tiny_llama_dir, dialog_file, tmp_path):
     from tunelab.errors import TunelabError
-    from tunelab.training.config import RecipeError, load_recipe
+    from tunelab.recipe import RecipeError, load_recipe
 
     with pytest.raises(RecipeError, match="stage ppo needs ppo.reward"):
         load_recipe(None, ["stage=ppo"])
@@ -177,6 +177,19 @@ def test_ppo_recipe_errors(tiny_llama_dir, dialog_file, tmp_path):
         PPOTrainer(config, progress=False).train()
     config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, init_adapter=str(tmp_path))
     with pytest.raises(TunelabError, match="not a LoRA adapter folder"):
+        PPOTrainer(config, progress=False)
+
+
+def test_an_init_adapter_with_pickled_weights_is_refused(tiny_llama_dir, dialog_file, tmp_path):
+    """ppo.init_adapter passes the safetensors-only check every adapter load passes."""
+    from tunelab.errors import MethodError
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}))
+    torch.save({}, pickled / "adapter_model.bin")
+    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, init_adapter=str(pickled))
+    with pytest.raises(MethodError, match=r"no adapter_model.safetensors; pickled weights \(adapter_model.bin\) are never loaded"):
         PPOTrainer(config, progress=False)
 
 

@@ -11,7 +11,7 @@ from tests.conftest import DATA_ROWS
 from tunelab.alignment.reward import ClassifierTrainer, ModelScorer, RewardTrainer, evaluate_pairs, load_reward
 from tunelab.cli import main
 from tunelab.errors import DataError, TunelabError
-from tunelab.training.config import TrainConfig
+from tunelab.recipe import TrainConfig
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from tunelab.alignment.preferences import load_pairs
 from tunelab.alignment.reward import RewardTrainer
 from tunelab.cli import main
 from tunelab.feedback.store import LabelStore
-from tunelab.training.config import TrainConfig
+from tunelab.recipe import TrainConfig
 
 
 def test_prepare_generates_k_completions(tiny_model_dir, tmp_path, capsys):

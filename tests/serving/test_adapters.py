@@ -8,9 +8,8 @@ import torch
 
 from tests.serving.conftest import KINDS, make_pool
 from tunelab.models import load_model
+from tunelab.models.adapters import load_artifact, read_artifact
 from tunelab.serving.adapters import AdapterError, AdapterSet, shared_view
-from tunelab.training.methods import load_artifact
-from tunelab.training.methods._common import read_artifact
 
 
 def test_every_kind_shares_the_base_and_matches_offline(arch, model_dir, trained_adapters):

@@ -13,8 +13,8 @@ from tests.serving.conftest import KINDS, make_pool
 from tunelab.web import LiveServer
 from tunelab.generation import GenerationSettings, generate
 from tunelab.models import load_model
+from tunelab.models.adapters import load_artifact
 from tunelab.serving.app import ServerSettings, create_app
-from tunelab.training.methods import load_artifact
 
 PROMPTS = ["Where should we meet tomorrow?", "What time does the bank open?", "Bring an umbrella."]
 

@@ -11,8 +11,8 @@ from tests.serving.conftest import make_pool
 from tunelab.generation import GenerationSettings
 from tunelab.generation.batched import generate_from_ids
 from tunelab.models import load_model
+from tunelab.models.adapters import load_artifact
 from tunelab.serving.engine import BatchingEngine, Request
-from tunelab.training.methods import load_artifact
 from tunelab.errors import TunelabError
 
 PROMPTS = ["Where should we meet tomorrow?", "What time does the bank open?", "Bring an umbrella."]

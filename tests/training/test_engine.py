@@ -1,4 +1,4 @@
-"""The engine: exact resume after a crash, bad loss, bad input, recipes, CLI."""
+"""The engine: exact resume after a crash, bad loss, bad input, the CLI, accelerate, mixtures."""
 
 import json
 
@@ -7,11 +7,9 @@ import torch
 
 from tests.training.test_methods import make_config
 from tunelab.data import load_examples
-from tunelab.errors import DataError, ModelError
+from tunelab.errors import DataError, MethodError, ModelError
 from tunelab.models import load_model
-from tunelab.training.config import RecipeError, load_recipe
 from tunelab.training.engine import Trainer, TrainingError
-from tunelab.training.methods._common import MethodError
 
 
 def trainable(trainer):
@@ -98,38 +96,6 @@ def test_adapter_on_an_architecture_without_placement(dialog_file, tmp_path):
     config = make_config("gpt2-tiny", dialog_file, tmp_path, "adapter")
     with pytest.raises(MethodError, match="no default adapter placement for model type 'gpt2'"):
         Trainer(config, LoadedModel(model, tokenizer, "gpt2-tiny"), progress=False)
-
-
-def test_recipe_fields_and_overrides(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("method: lora\nlearning_rate: 0.001\nlora:\n  r: 4\n  target_modules: [q_proj]\n")
-    config = load_recipe(recipe, ["lora.alpha=8", "max_steps=3", "selective.bitfit=true"])
-    assert (config.learning_rate, config.lora.r, config.lora.alpha, config.max_steps) == (0.001, 4, 8, 3)
-    assert config.lora.target_modules == ["q_proj"] and config.selective.bitfit is True
-    with pytest.raises(RecipeError, match=r"unknown recipe field 'learning_rte'; did you mean 'learning_rate'"):
-        load_recipe(recipe, ["learning_rte=1"])
-    with pytest.raises(RecipeError, match=r"unknown recipe field 'lora.rank'.*did you mean 'r'|unknown recipe field 'rank'"):
-        load_recipe(recipe, ["lora.rank=4"])
-    with pytest.raises(RecipeError, match="unknown method 'loar'; did you mean 'lora'"):
-        load_recipe(recipe, ["method=loar"])
-    with pytest.raises(RecipeError, match="no such recipe"):
-        load_recipe(tmp_path / "missing.yaml")
-
-
-def test_shipped_recipes_are_valid():
-    from pathlib import Path
-
-    recipes = sorted(Path(__file__).parents[2].joinpath("recipes").glob("*.yaml"))
-    stages = {}
-    for recipe in recipes:
-        config = load_recipe(recipe)
-        assert config.method and config.output_dir
-        stages[recipe.stem] = config.stage
-    for name in ("dialogsum-full", "dialogsum-lora", "dialogsum-prompt-tuning", "dialogsum-adapter", "dialogsum-ia3",
-                 "dialogsum-bitfit", "multitask"):
-        assert stages[name] == "sft"
-    assert (stages["hh-rlhf-reward"], stages["toxicity-classifier"], stages["dialogsum-detox-ppo"], stages["hh-rlhf-dpo"]) == (
-        "reward", "classifier", "ppo", "dpo")
 
 
 def test_cli_train_then_prompt_with_adapter(tiny_llama_dir, dialog_file, tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tunelab.models import load_model
-from tunelab.training.config import TrainConfig
+from tunelab.models.adapters import load_artifact
+from tunelab.recipe import TrainConfig
 from tunelab.training.engine import Trainer
-from tunelab.training.methods import load_artifact
 
 LEARNING_RATES = {
     "full": 1e-3, "selective": 1e-2, "lora": 1e-2, "prompt-tuning": 5e-2,

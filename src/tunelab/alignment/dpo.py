@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,15 +22,6 @@ from tunelab.alignment.preferences import load_pairs
 from tunelab.training.data import IGNORE_INDEX, collate
 from tunelab.training.engine import Trainer
 from tunelab.training.losses import positions_to_keep
-
-
-@dataclass
-class DPOSettings:
-    beta: float = field(default=0.1, metadata={"help": "Strength of the pull towards the reference (paper: 0.1; IPO's tau)."})
-    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO) or ipo."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "Assumed fraction of flipped preference labels (conservative DPO; sigmoid only)."})
-    precompute_reference: bool = field(default=True, metadata={"help": "Compute the reference log-probs once before training (exact: the reference never changes)."})
-    disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off so policy and reference log-probs are comparable (as TRL does)."})
 
 
 def pair_row(tokenizer: Any, prompt: str, response: str, max_length: int, is_encoder_decoder: bool) -> dict[str, list[int]]:
@@ -190,4 +180,4 @@ def _reward_stats(terms: Any) -> dict[str, float]:
     }
 
 
-__all__ = ["DPOSettings", "DPOTrainer", "pair_row", "sequence_logps"]
+__all__ = ["DPOTrainer", "pair_row", "sequence_logps"]

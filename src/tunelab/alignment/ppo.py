@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,40 +32,13 @@ import torch
 from tunelab.alignment import losses as L
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
-from tunelab.training.engine import Trainer, TrainingError, _write_json
+from tunelab.files import write_json, write_jsonl
+from tunelab.models.adapters import PEFT_CONFIG, check_safetensors
+from tunelab.training.data import fit_prompt
+from tunelab.training.engine import Trainer, TrainingError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 REFERENCE_ADAPTER = "reference"
-
-
-@dataclass
-class PPOSettings:
-    reward: str = field(default="", metadata={"help": "Reward: a reward model or classifier folder (tunelab train output), or module:function taking (prompts, responses)."})
-    reward_output: str = field(default="logit", metadata={"help": "For a classifier: the reward is the chosen class's logit, probability or log_probability (the last focuses on the texts the classifier doubts)."})
-    reward_label: str | None = field(default=None, metadata={"help": "For a classifier: the rewarded class (default: the one it was trained to reward, e.g. 'neither')."})
-    normalize_reward: bool = field(default=False, metadata={"help": "Scale scores by a running mean/std before the KL penalty."})
-    length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token (0 = none)."})
-    hardest_prompts: int = field(default=0, metadata={"help": "Train on the N training prompts whose greedy response the reward scores lowest, found before training among the `limit` loaded (0 = train on all): rollouts go where there is something to correct, e.g. the few summaries a toxicity classifier doubts."})
-    init_adapter: str | None = field(default=None, metadata={"help": "Continue a trained LoRA adapter (e.g. the DialogSum summarizer); it is also the reference."})
-    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per PPO step (the course: 16)."})
-    mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step inside a PPO epoch."})
-    ppo_epochs: int = field(default=1, metadata={"help": "Passes over each step's rollouts (Schulman et al.: 3-10; the course: 1)."})
-    min_new_tokens: int = field(default=40, metadata={"help": "Response length range: each step's length limit is drawn from [min_new_tokens, max_new_tokens]."})
-    max_new_tokens: int = field(default=60, metadata={"help": "Longest response."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts (log-probs use the same)."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling for rollouts (0 = the whole vocabulary, so log-probs are the policy's)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for rollouts."})
-    kl_coef: float = field(default=0.2, metadata={"help": "Initial KL penalty coefficient (Ziegler et al.: 0.2)."})
-    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt the coefficient so the KL tracks target_kl (Ziegler et al.)."})
-    target_kl: float = field(default=6.0, metadata={"help": "Adaptive KL target (nats per response)."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (Ziegler et al.: 10000)."})
-    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimate: k1 (log-ratio) or k3 (non-negative)."})
-    max_kl: float = field(default=30.0, metadata={"help": "Stop the run when the mean KL to the reference exceeds this (nats per response)."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    clip_range: float = field(default=0.2, metadata={"help": "Policy ratio clip epsilon."})
-    clip_range_value: float = field(default=0.2, metadata={"help": "Value clip range."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
 
 
 class ValueHead(torch.nn.Module):
@@ -183,9 +156,10 @@ class PPOTrainer(Trainer):
             return super().prepare_model()
         from peft import PeftModel
 
-        if not (Path(init) / "adapter_config.json").is_file():
+        if not (Path(init) / PEFT_CONFIG).is_file():
             raise TunelabError(f"ppo.init_adapter {init} is not a LoRA adapter folder; train one first, e.g. "
                                "`tunelab train recipes/dialogsum-lora.yaml`")
+        check_safetensors(Path(init))  # peft would unpickle an adapter_model.bin
         model = PeftModel.from_pretrained(self.loaded.model, init, is_trainable=True)
         model.load_adapter(init, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")
@@ -201,13 +175,11 @@ class PPOTrainer(Trainer):
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         """Prompts (token ids and text, references for ROUGE), built as for fine-tuning."""
-        from tunelab.training.data import _fit_prompt
-
         room = self.config.max_length - (0 if self.loaded.is_encoder_decoder else self.config.ppo.max_new_tokens)
         rows = []
         for example in load_examples(data, split, input_field=self.config.input_field,
                                      target_field=self.config.target_field, limit=limit):
-            ids = _fit_prompt(example, self.builder, self.tokenizer, room)
+            ids = fit_prompt(example, self.builder, self.tokenizer, room)
             if ids is None:
                 raise TunelabError(f"example '{example.id}': the prompt template alone exceeds max_length")
             rows.append({"ids": ids, "text": self.builder.render(example, []), "references": example.references})
@@ -378,7 +350,6 @@ class PPOTrainer(Trainer):
         from tqdm.auto import tqdm
         from transformers import get_scheduler
 
-        from tunelab.training.config import to_dict
         from tunelab.training.engine import TrainResult
 
         config, settings = self.config, self.config.ppo
@@ -401,10 +372,10 @@ class PPOTrainer(Trainer):
             before = _read_json(self.output_dir / "eval_before.json")
         else:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            _write_json(self.output_dir / "config.json", to_dict(config))
+            write_json(self.output_dir / "config.json", asdict(config))
             before = self.evaluate_policy("before") if self.eval_rows else None
             if before is not None:
-                _write_json(self.output_dir / "eval_before.json", before)
+                write_json(self.output_dir / "eval_before.json", before)
         started = time.perf_counter() - state["elapsed"]
         bar = tqdm(total=total, initial=state["step"], desc="ppo", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
@@ -425,9 +396,9 @@ class PPOTrainer(Trainer):
         result = self._finish(state)
         if before is not None and after is not None and self.accelerator.is_main_process:
             comparison = {"before": before, "after": after}
-            _write_json(self.output_dir / "eval.json", comparison)
+            write_json(self.output_dir / "eval.json", comparison)
             result.summary["eval"] = comparison
-            _write_json(self.output_dir / "summary.json", result.summary)
+            write_json(self.output_dir / "summary.json", result.summary)
         return TrainResult(result.output_dir, result.artifact, result.steps, result.summary)
 
     def _stop_on_kl(self, kl: float, state: dict[str, Any]) -> None:
@@ -471,7 +442,7 @@ class PPOTrainer(Trainer):
             texts, scores = self._greedy_scores(self.rows, "finding the hardest prompts")
             chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:count]
             if self.accelerator.is_main_process:
-                _write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
+                write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
                                    "scores": [scores[i] for i in chosen], "responses": [texts[i] for i in chosen]})
         self.rows = [self.rows[i] for i in chosen]
 
@@ -505,12 +476,10 @@ class PPOTrainer(Trainer):
             toxicity = (1 - probability).tolist()
             result.update(toxicity_mean=statistics.fmean(toxicity), toxicity_std=statistics.pstdev(toxicity))
         if self.accelerator.is_main_process:  # every response, to see what changed where
-            with (self.output_dir / f"eval_{name}.jsonl").open("w") as out:
-                for i, (text, score) in enumerate(zip(texts, scores)):
-                    record = {"index": i, "response": text, "score": score}
-                    if toxicity is not None:
-                        record["toxicity"] = toxicity[i]
-                    out.write(json.dumps(record) + "\n")
+            records = [{"index": i, "response": text, "score": score} for i, (text, score) in enumerate(zip(texts, scores))]
+            for record, value in zip(records, toxicity or []):
+                record["toxicity"] = value
+            write_jsonl(self.output_dir / f"eval_{name}.jsonl", records)
         if all(r["references"] for r in rows):
             from tunelab.evaluation import rouge
 
@@ -523,4 +492,4 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-__all__ = ["PPOSettings", "PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch", "trim_prompt_padding"]
+__all__ = ["PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch", "trim_prompt_padding"]

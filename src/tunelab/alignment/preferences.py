@@ -13,7 +13,6 @@ reward model's margin loss). Anything else is an error naming file and line.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from tunelab.data.loading import BUILTIN_DATASETS, builtin_path, iter_records
 from tunelab.errors import DataError
+from tunelab.files import write_jsonl
 
 ASSISTANT_TURN = "\n\nAssistant:"
 PAIR_FIELDS = {"prompt", "chosen", "rejected"}
@@ -147,12 +147,4 @@ def load_pairs(source: str | Path, split: str | None = None, limit: int | None =
 
 def write_pairs(pairs: Iterable[PreferencePair], path: str | Path) -> int:
     """Write pairs as JSONL (prompt, chosen, rejected, and margin/id when set); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        for pair in pairs:
-            row = {k: v for k, v in asdict(pair).items() if v is not None}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+    return write_jsonl(path, ({k: v for k, v in asdict(pair).items() if v is not None} for pair in pairs))

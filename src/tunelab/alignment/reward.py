@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +26,13 @@ import torch.nn.functional as F
 
 from tunelab.alignment.losses import bradley_terry_loss
 from tunelab.alignment.preferences import load_pairs
+from tunelab.alignment.settings import ClassifierSettings
 from tunelab.data.loading import BUILTIN_DATASETS, builtin_path, iter_records
 from tunelab.errors import DataError, TunelabError
+from tunelab.files import write_json
 from tunelab.training.engine import Trainer
 
 REWARD_META = "tunelab_reward.json"
-
-
-@dataclass
-class RewardSettings:
-    use_margin: bool = field(default=False, metadata={"help": "Subtract each pair's 'margin' inside the Bradley-Terry loss (Llama 2's margin loss)."})
-    center_coef: float = field(default=0.0, metadata={"help": "Weight of (r_chosen + r_rejected)^2, keeping rewards near 0 (Eisenstein et al., 2023; TRL suggests 0.01)."})
-
-
-@dataclass
-class ClassifierSettings:
-    text_field: str = field(default="tweet", metadata={"help": "Column holding the text."})
-    label_field: str = field(default="class", metadata={"help": "Column holding the label (a class index or name)."})
-    labels: list[str] = field(default_factory=lambda: ["hate", "offensive", "neither"], metadata={"help": "Class names in index order (Davidson: 0 hate speech, 1 offensive, 2 neither)."})
-    reward_label: str = field(default="neither", metadata={"help": "The class whose score is the reward when PPO uses this classifier (detox: the non-toxic class)."})
-    balance: bool = field(default=True, metadata={"help": "Weight the loss by inverse class frequency (Davidson is 77% 'offensive')."})
 
 
 # -- text -> token ids (one function, so training and scoring see the same input) -----------
@@ -81,10 +67,6 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    (folder / REWARD_META).write_text(json.dumps(meta, indent=2) + "\n")
-
-
 class _HeadTrainer(Trainer):
     """Shared by both trainers: a classification head instead of the LM head. Each
     subclass says, in ``meta()``, how its artifact scores text."""
@@ -104,8 +86,8 @@ class _HeadTrainer(Trainer):
 
     def save_artifact(self, model: Any, folder: Path) -> None:
         super().save_artifact(model, folder)
-        _write_meta(folder, {**self.meta(), "base": self.config.model, "method": self.config.method,
-                             "max_length": self.config.max_length})
+        write_json(folder / REWARD_META, {**self.meta(), "base": self.config.model, "method": self.config.method,
+                                          "max_length": self.config.max_length})
 
 
 class RewardTrainer(_HeadTrainer):
@@ -314,7 +296,7 @@ def _load_head_model(folder: Path, device: str) -> tuple[dict[str, Any], Any]:
     if (folder / "adapter_config.json").is_file():
         if not meta:
             raise TunelabError(f"{folder}: a LoRA reward model needs its {REWARD_META} (written by tunelab train)")
-        from tunelab.training.methods import load_artifact
+        from tunelab.models.adapters import load_artifact
 
         loaded = load_model(meta["base"], device=device, classifier_labels=meta["labels"])
         loaded.model = load_artifact(loaded.model, folder)

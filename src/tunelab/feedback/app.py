@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.feedback.agreement import agreement_report
+from tunelab.feedback.report import labeling_report
 from tunelab.feedback.store import LabelError, LabelStore, User
 from tunelab.web import HttpLimits, RequestGuard, internal_error_message, log_internal_error
 
@@ -186,7 +186,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin_page(user: User = Depends(admin_user)) -> HTMLResponse:
-        return render("admin.html", user=user, **_stats(store()))
+        return render("admin.html", user=user, **labeling_report(store()))
 
     # -- API --------------------------------------------------------------------------------
     @app.get("/api/next")
@@ -215,7 +215,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
 
     @app.get("/api/admin/stats")
     def stats(user: User = Depends(admin_user)) -> dict[str, Any]:
-        return _stats(store())
+        return labeling_report(store())
 
     return RequestGuard(app, limits)
 
@@ -226,12 +226,6 @@ def _shuffled(prompt: dict[str, Any], user: User) -> list[dict[str, Any]]:
     completions = list(prompt["completions"])
     random.Random(f"{user.id}:{prompt['id']}").shuffle(completions)
     return completions
-
-
-def _stats(labels: LabelStore) -> dict[str, Any]:
-    names = {u.id: u.name for u in labels.users()}
-    report = agreement_report(labels.judgements(), names)
-    return {"progress": labels.progress(), "labels_per_prompt": labels.labels_per_prompt, **report}
 
 
 def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000, *, secure_cookie: bool = False,

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tunelab.alignment.preferences import ranking_to_pairs, write_pairs
 from tunelab.errors import DataError
+from tunelab.files import write_jsonl
 from tunelab.feedback.store import LabelStore
 
 
@@ -24,8 +24,5 @@ def export(db: str | Path, out: str | Path, rankings_out: str | Path | None = No
     pairs = [p for r in rankings for p in ranking_to_pairs(r["prompt"], r["completions"], r["ranks"], where=r["id"], id=r["id"])]
     written = write_pairs(pairs, out)
     if rankings_out is not None:
-        Path(rankings_out).parent.mkdir(parents=True, exist_ok=True)
-        with open(rankings_out, "w", encoding="utf-8") as handle:
-            for row in rankings:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(rankings_out, rankings)
     return {"rankings": len(rankings), "pairs": written}

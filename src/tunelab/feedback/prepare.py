@@ -92,7 +92,7 @@ def prepare(db: str | Path, *, prompts: str | Path | None = None, completions: s
         else:
             if not model:
                 raise DataError("--prompts needs --model to generate completions")
-            from tunelab.jobs import load_for_inference
+            from tunelab.models import load_for_inference
 
             rows = read_prompts(prompts)
             settings = settings or GenerationSettings(do_sample=True, temperature=0.9, top_p=0.95, top_k=0, max_new_tokens=128)

@@ -179,8 +179,9 @@ def convert_gguf(path: Path, name: str | None = None, *, progress: bool = True) 
     return _atomic_save_dir(target, write)
 
 
-def _resolve_source(name: str) -> tuple[str, bool]:
-    """Map what the user typed to (something from_pretrained takes, is_local)."""
+def resolve_source(name: str) -> tuple[str, bool]:
+    """Map what the user typed to (something from_pretrained takes, is_local): the default
+    model and .gguf files become their converted safetensors folder."""
     if name.lower() == DEFAULT_MODEL:
         return str(convert_gguf(default_gguf_path(), name=DEFAULT_MODEL)), True
     path = Path(name).expanduser()
@@ -240,6 +241,12 @@ def _check_safetensors(folder: Path) -> None:
     raise ModelError(f"{folder} has a config.json but no *.safetensors weights")
 
 
+def model_type(model: Any) -> str:
+    """The architecture family the config names ('llama', 't5'): methods' default
+    targets and adapter placements are keyed by it."""
+    return getattr(model.config, "model_type", "")
+
+
 def is_classifier_config(config: Any) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
@@ -290,7 +297,7 @@ def load_model(
         AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer,
     )
 
-    source, is_local = _resolve_source(name)
+    source, is_local = resolve_source(name)
     if is_local:
         _check_safetensors(Path(source))
     torch_device = resolve_device(device)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.models.adapters import adapter_kind, check_safetensors, load_artifact, read_artifact
 
 BASE = "base"
 
@@ -73,19 +74,6 @@ def _unshare(view: torch.nn.Module, names: list[str]) -> None:
         for place in places[id(parameter)]:
             module_name, _, leaf = place.rpartition(".")
             setattr(view.get_submodule(module_name), leaf, copy_)
-
-
-def adapter_kind(folder: Path) -> str:
-    """lora, ia3, prompt_tuning, prefix_tuning, ... (peft) or adapter / selective (tunelab)."""
-    import json
-
-    from tunelab.training.methods._common import ARTIFACT_CONFIG
-
-    if (folder / "adapter_config.json").is_file():
-        return str(json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "peft")).lower()
-    if (folder / ARTIFACT_CONFIG).is_file():
-        return str(json.loads((folder / ARTIFACT_CONFIG).read_text()).get("method", "tunelab"))
-    raise AdapterError(f"{folder} is not an adapter folder (no adapter_config.json or {ARTIFACT_CONFIG})")
 
 
 def resolve_inside(path: str | Path, root: Path) -> Path:
@@ -156,13 +144,6 @@ def _opened_path(fd: int, opened: Path) -> Path:
     """The real path of an open file: Linux tells it through /proc; elsewhere the file
     was opened without following a final symlink, so its path is the one asked for."""
     return Path(os.readlink(f"/proc/self/fd/{fd}")) if _CAN_CHECK_FD else opened.resolve()
-
-
-def _check_safetensors(folder: Path) -> None:
-    """Weights only from safetensors: a folder with pickled weights alone is refused."""
-    if not any(folder.glob("*.safetensors")):
-        pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
-        raise AdapterError(f"{folder}: no .safetensors weights" + (f" (pickled {pickles} are never loaded)" if pickles else ""), 422)
 
 
 class AdapterSet:
@@ -278,9 +259,9 @@ class AdapterSet:
 
     def _add(self, name: str, folder: Path, shown: Path) -> Adapter:
         """Load the adapter in ``folder``; ``shown`` is the path the operator knows it by."""
-        _check_safetensors(folder)
         with _as_adapter_error(shown):
             kind = adapter_kind(folder)
+            check_safetensors(folder)
             if kind == "lora" and mixable_lora(_peft_config(folder)):
                 return self._add_lora(name, folder, shown)
             model = self._load(folder, kind)
@@ -297,10 +278,6 @@ class AdapterSet:
     def _add_lora(self, name: str, folder: Path, shown: Path) -> Adapter:
         from peft import PeftModel
 
-        from tunelab.training.methods._common import MethodError
-
-        if not (folder / "adapter_model.safetensors").is_file():
-            raise MethodError(f"{folder}: no adapter_model.safetensors (pickled adapter weights are not loaded)")
         key = f"lora{next(self._lora_ids)}"  # peft's names may not hold '.', ours may
         with self._changing_lora():
             if name in self.names():
@@ -322,12 +299,8 @@ class AdapterSet:
         return adapter
 
     def _load(self, folder: Path, kind: str) -> Any:
-        from tunelab.training.methods import load_artifact
-
         view = shared_view(self.base)
         if kind in ("selective", "adapter"):
-            from tunelab.training.methods._common import read_artifact
-
             _unshare(view, list(read_artifact(folder)[1]))
         elif _peft_config(folder).get("bias", "none") != "none":  # peft writes trained biases into the layers
             _unshare(view, [n for n, _ in view.named_parameters() if n.endswith(".bias")])

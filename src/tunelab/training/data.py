@@ -19,7 +19,7 @@ from tunelab.prompting import PromptBuilder
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
 
 
-def _fit_prompt(example: Example, builder: PromptBuilder, tokenizer: Any, room: int) -> list[int] | None:
+def fit_prompt(example: Example, builder: PromptBuilder, tokenizer: Any, room: int) -> list[int] | None:
     """Prompt token ids within ``room`` tokens, shortening the *input text* (its end) when
     needed so the instruction and chat template stay whole; None if nothing fits."""
     text = example.input
@@ -59,7 +59,7 @@ def tokenize_examples(
         room = max_length if is_encoder_decoder else max_length - len(target_ids)
         prompt_ids = tokenizer(builder.render(example, []), add_special_tokens=builder.adds_special_tokens)["input_ids"]
         if len(prompt_ids) > room:
-            prompt_ids = _fit_prompt(example, builder, tokenizer, room)
+            prompt_ids = fit_prompt(example, builder, tokenizer, room)
             if prompt_ids is None:
                 raise DataError(f"example '{example.id}': the prompt template alone exceeds max_length={max_length}")
             truncated += 1

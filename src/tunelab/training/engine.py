@@ -18,7 +18,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +26,14 @@ import torch
 
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
+from tunelab.files import write_json, write_text
 from tunelab.prompting import PromptBuilder, PromptTemplate
 from tunelab.training.data import collate, length_grouped_batches, row_length, tokenize_examples
 from tunelab.training.losses import completion_loss, positions_to_keep
 from tunelab.training.methods import METHODS
 
-if TYPE_CHECKING:  # the recipe imports the alignment trainers, which import this module
-    from tunelab.training.config import TrainConfig
+if TYPE_CHECKING:  # type only: the recipe sits above training and picks its trainer
+    from tunelab.recipe import TrainConfig
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -71,12 +72,6 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _folder_size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -220,11 +215,10 @@ class Trainer:
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        _write_json(tmp / "state.json", {**state, "python_rng": repr(random.getstate())})
+        write_json(tmp / "state.json", {**state, "python_rng": repr(random.getstate())})
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
-        (root / ".latest.tmp").write_text(target.name)
-        os.replace(root / ".latest.tmp", root / "latest")
+        write_text(root / "latest", target.name)
         kept = sorted((p for p in root.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[: -self.config.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
@@ -314,10 +308,8 @@ class Trainer:
         if resume:
             state = self.load_checkpoint()
         else:
-            from tunelab.training.config import to_dict
-
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            _write_json(self.output_dir / "config.json", to_dict(config))
+            write_json(self.output_dir / "config.json", asdict(config))
         started = time.perf_counter() - state["elapsed"]
         bar = tqdm(total=total, initial=state["step"], desc=f"train {config.method}", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
@@ -398,22 +390,7 @@ class Trainer:
                 "peak_memory_mb": round(_peak_memory_mb(self.accelerator.device), 1),
                 "artifact_mb": round(_folder_size_mb(artifact), 3),
             })
-            _write_json(self.output_dir / "summary.json", summary)
+            write_json(self.output_dir / "summary.json", summary)
             self.plot()
         self.accelerator.wait_for_everyone()
         return TrainResult(self.output_dir, artifact, state["step"], summary)
-
-
-def trainer_class(stage: str) -> type[Trainer]:
-    """The trainer a recipe's ``stage`` names (each in its own file)."""
-    if stage == "sft":
-        return Trainer
-    from tunelab.alignment.dpo import DPOTrainer
-    from tunelab.alignment.ppo import PPOTrainer
-    from tunelab.alignment.reward import ClassifierTrainer, RewardTrainer
-
-    return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "dpo": DPOTrainer}[stage]
-
-
-def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> TrainResult:
-    return trainer_class(config.stage)(config, loaded, progress=progress).train(resume=resume)

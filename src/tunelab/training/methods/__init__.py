@@ -3,14 +3,14 @@
     prepare(model, settings, tokenizer) -> model   # set what trains (may wrap the model)
     save(model, folder, tokenizer)                 # write the final artifact
 
-plus, for tunelab's own artifacts, ``load(model, folder) -> model``. This is the one
-registry in tunelab: many methods share one interface, as in peft.
+Reading any method's artifact back (``load_artifact``) is in ``models/adapters.py``, which
+inference shares. This is the one registry in tunelab: many methods share one
+interface, as in peft.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.training.methods import adapter, full, ia3, lora, selective, soft_prompts
@@ -36,30 +36,4 @@ METHODS: dict[str, Method] = {
 }
 
 
-
-def load_artifact(model: Any, folder: str | Path) -> Any:
-    """Apply a trained artifact to its base model for inference: a peft adapter folder
-    (LoRA, prompt/prefix tuning, IA3) or a tunelab one (selective, bottleneck adapter)."""
-    from tunelab.training.methods._common import ARTIFACT_CONFIG, MethodError
-
-    folder = Path(folder)
-    if (folder / "adapter_config.json").is_file():
-        if not (folder / "adapter_model.safetensors").is_file():
-            raise MethodError(f"{folder}: no adapter_model.safetensors (pickled adapter weights are not loaded)")
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(folder)).eval()
-    if (folder / ARTIFACT_CONFIG).is_file():
-        import json
-
-        kind = json.loads((folder / ARTIFACT_CONFIG).read_text()).get("method")
-        loaders = {"selective": selective.load, "adapter": adapter.load}
-        if kind not in loaders:
-            raise MethodError(f"{folder}: unknown tunelab artifact method '{kind}'")
-        return loaders[kind](model, folder).eval()
-    if (folder / "config.json").is_file():
-        raise MethodError(f"{folder} is a whole model (full fine-tuning): pass it as --model, not --adapter")
-    raise MethodError(f"{folder} is not an adapter folder (no adapter_config.json or {ARTIFACT_CONFIG})")
-
-
-__all__ = ["METHODS", "Method", "load_artifact"]
+__all__ = ["METHODS", "Method"]

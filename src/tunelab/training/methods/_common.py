@@ -1,19 +1,10 @@
-"""Helpers the method files share: freezing, module lookup, the small-artifact format."""
+"""Helpers the method files share: freezing and checking target modules."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from tunelab.errors import TunelabError
-
-ARTIFACT_CONFIG = "tunelab_adapter.json"  # tunelab's own small artifacts (selective, bottleneck)
-ARTIFACT_WEIGHTS = "adapter_model.safetensors"
-
-
-class MethodError(TunelabError):
-    """A method cannot be applied as configured (names the fix)."""
+from tunelab.errors import MethodError
 
 
 def freeze_all(model: Any) -> None:
@@ -37,35 +28,3 @@ def check_targets(model: Any, targets: list[str]) -> None:
             f"target modules {missing} match no module of this model; its Linear layers are: "
             f"{', '.join(linear_module_names(model))}"
         )
-
-
-def model_type(model: Any) -> str:
-    return getattr(model.config, "model_type", "")
-
-
-def write_artifact(folder: Path, method: str, tensors: dict[str, Any], extra: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / ARTIFACT_WEIGHTS))
-    (folder / ARTIFACT_CONFIG).write_text(json.dumps({"method": method, **extra}, indent=2) + "\n")
-
-
-def read_artifact(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    config = json.loads((folder / ARTIFACT_CONFIG).read_text())
-    return config, load_file(str(folder / ARTIFACT_WEIGHTS))
-
-
-def load_tensors(model: Any, tensors: dict[str, Any], folder: Path) -> None:
-    """Copy saved tensors into the model by name; every saved tensor must find its place."""
-    own = dict(model.named_parameters())
-    unknown = [k for k in tensors if k not in own]
-    if unknown:
-        raise MethodError(f"{folder}: {len(unknown)} saved tensors have no place in this model, e.g. {unknown[:3]}")
-    import torch
-
-    with torch.no_grad():
-        for name, value in tensors.items():
-            own[name].copy_(value.to(own[name].dtype))

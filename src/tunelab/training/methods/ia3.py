@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.training.methods._common import MethodError, check_targets, model_type
+from tunelab.errors import MethodError
+from tunelab.models.loading import model_type
+from tunelab.training.methods._common import check_targets
 from tunelab.training.methods.lora import task_type
 
 # The paper's choice: keys, values and the feed-forward's second layer input.

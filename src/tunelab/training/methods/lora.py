@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.training.methods._common import MethodError, check_targets, model_type
+from tunelab.errors import MethodError
+from tunelab.models.loading import model_type
+from tunelab.training.methods._common import check_targets
 
 DEFAULT_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],

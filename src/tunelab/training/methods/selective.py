@@ -3,7 +3,8 @@
 Choose by regular expressions on parameter names, by the last N transformer blocks, or
 BitFit (Ben Zaken et al., 2022: biases only). Llama and T5 have no biases at all, so
 BitFit adds zero-initialised biases to their Linear layers (the output is unchanged
-until training moves them) and trains those. The artifact holds only the trained
+until training moves them; ``models.adapters.add_zero_biases``, which loading shares)
+and trains those. The artifact holds only the trained
 tensors: a few hundred KB instead of the whole model.
 """
 
@@ -14,13 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.training.methods._common import (
-    MethodError,
-    freeze_all,
-    load_tensors,
-    read_artifact,
-    write_artifact,
-)
+from tunelab.errors import MethodError
+from tunelab.models.adapters import add_zero_biases, write_artifact
+from tunelab.training.methods._common import freeze_all
 
 _BLOCK = re.compile(r"^(.*?\.(?:layers|block|h|blocks))\.(\d+)\.")
 
@@ -46,21 +43,6 @@ def _block_parameters(model: Any, n: int) -> set[str]:
         if match and int(match.group(2)) > stacks[match.group(1)] - n:
             chosen.add(name)
     return chosen
-
-
-def add_zero_biases(model: Any, modules: list[str] | None = None) -> list[str]:
-    """Give bias-free Linear layers (except the output head) a zero bias; returns their names."""
-    import torch
-
-    added = []
-    output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, module in model.named_modules():
-        if modules is not None and name not in modules:
-            continue
-        if isinstance(module, torch.nn.Linear) and module.bias is None and module is not output_head:
-            module.bias = torch.nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device))
-            added.append(name)
-    return added
 
 
 def prepare(model: Any, settings: SelectiveSettings, tokenizer: Any) -> Any:
@@ -91,10 +73,3 @@ def save(model: Any, folder: Path, tokenizer: Any) -> None:
     tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
     write_artifact(folder, "selective", tensors, {"added_biases": getattr(model, "tunelab_added_biases", [])})
     tokenizer.save_pretrained(folder)
-
-
-def load(model: Any, folder: Path) -> Any:
-    config, tensors = read_artifact(folder)
-    add_zero_biases(model, config.get("added_biases") or [])
-    load_tensors(model, tensors, folder)
-    return model

@@ -1,8 +1,13 @@
-"""The training recipe: one dataclass, every field documented, read from YAML.
+"""The training recipe: one dataclass, every field documented, read from YAML; and the
+trainer each stage runs.
 
 A recipe file holds these fields (method settings nested under the method's name); the
 command line overrides any of them with ``key=value`` (``lora.r=16``). An unknown key
 is an error naming the nearest valid one.
+
+Recipes sit above training/ and alignment/: they hold both layers' settings and pick
+the trainer, and neither layer imports them. Reading and checking a recipe imports no
+torch (the settings live in torch-free modules); the trainers load when a run starts.
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.alignment.dpo import DPOSettings
-from tunelab.alignment.ppo import PPOSettings
-from tunelab.alignment.reward import ClassifierSettings, RewardSettings
+from tunelab.alignment.settings import ClassifierSettings, DPOSettings, PPOSettings, RewardSettings
 from tunelab.errors import TunelabError
+from tunelab.models.bottleneck import AdapterSettings
 from tunelab.models.loading import DEFAULT_MODEL
-from tunelab.training.methods.adapter import AdapterSettings
+from tunelab.training.methods import METHODS
 from tunelab.training.methods.ia3 import IA3Settings
 from tunelab.training.methods.lora import LoraSettings
 from tunelab.training.methods.selective import SelectiveSettings
@@ -137,8 +141,6 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 
 def validate(config: TrainConfig) -> None:
-    from tunelab.training.methods import METHODS
-
     if config.stage not in STAGES:
         raise RecipeError(f"unknown stage '{config.stage}'{_nearest(config.stage, list(STAGES))}; stages: {', '.join(STAGES)}")
     if config.method not in METHODS:
@@ -174,5 +176,21 @@ def validate(config: TrainConfig) -> None:
         raise RecipeError("bad recipe: " + "; ".join(problems))
 
 
-def to_dict(config: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+def trainer_class(stage: str) -> type:
+    """The trainer a recipe's ``stage`` names (each in its own file, imported when a run
+    starts: they import torch)."""
+    from tunelab.training.engine import Trainer
+
+    if stage == "sft":
+        return Trainer
+    from tunelab.alignment.dpo import DPOTrainer
+    from tunelab.alignment.ppo import PPOTrainer
+    from tunelab.alignment.reward import ClassifierTrainer, RewardTrainer
+
+    return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "dpo": DPOTrainer}[stage]
+
+
+def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> Any:
+    """Run a recipe: its stage's trainer, to the end (``resume``: from the last checkpoint).
+    Returns the trainer's TrainResult (output folder, artifact, steps, summary)."""
+    return trainer_class(config.stage)(config, loaded, progress=progress).train(resume=resume)
