@@ -5,8 +5,10 @@
 Starts `tunelab serve` (the model, an API key from a file) and `tunelab label serve` (a
 fresh database) as processes of their own on loopback, with their default limits, then
 runs each attack from this process: 1 GB bodies (chunked, chunked under a lying
-Content-Length, an honest 1 GB Content-Length, and without a key), several at once;
-thousands of idle connections; a request head trickled a byte at a time; ~29,000 chat
+Content-Length, an honest 1 GB Content-Length, without a key, to an unknown path), several
+at once; thousands of idle connections; a request head trickled a byte at a time; more
+bodies arriving at a byte a second than the server has places; more clients that pipeline
+thousands of requests and never read the answers than it has places; ~29,000 chat
 messages in one body; lone surrogates; a chat message with an image part; a foreign Host header; a cross-site sign-in.
 For each it prints what the server answered, a legitimate request's latency during the
 attack and right after it (a one-token completion; the labeling progress page), and the
@@ -24,7 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from tunelab.webprobe import ServerProcess, body_attack, idle_attack, json_attack, run_attack, trickle_attack
+from tunelab.webprobe import (ServerProcess, body_attack, idle_attack, json_attack, request_head, run_attack, slow_body_attack,
+                              stalled_reader_attack, trickle_attack)
 
 GB = 2**30
 KEY = "bench-api-key-0123456789abcdef"
@@ -53,8 +56,13 @@ def serving_attacks(server: ServerProcess, args: argparse.Namespace) -> list:
             port, "/v1/completions", auth, GB, chunked=True, content_length=2)), 0.5),
         ("Content-Length: 1 GB", parallel(args.parallel, lambda: body_attack(
             port, "/v1/completions", auth, GB, chunked=False, content_length=GB)), 0.5),
+        ("1 GB chunked to an unknown path, no key", parallel(args.parallel, lambda: body_attack(
+            port, "/elsewhere", no_key, GB, chunked=True)), 0.5),
         (f"{args.idle} idle connections", lambda: idle_attack(port, args.idle, wait_s=15), 2.0),
         ("header trickle (1 byte / 0.5 s)", lambda: trickle_attack(port, 0.5, give_up_after=60), 1.0),
+        ("160 bodies at 1 byte/s", lambda: slow_body_attack(port, 160, "/v1/completions", auth, hold_s=8), 5.0),
+        ("160 clients that never read, 3,000 pipelined requests each", lambda: stalled_reader_attack(
+            port, 160, request_head("GET", "/v1/models", auth), 3000, wait_s=35), 10.0),
         ("29,000 chat messages", lambda: json_attack(url, "/v1/chat/completions", messages, auth), None),
         ("lone surrogate", lambda: json_attack(url, "/v1/completions", b'{"model": "base", "prompt": "\\ud800"}', auth), None),
         ("chat message with an image part", lambda: json_attack(
@@ -78,6 +86,8 @@ def labeling_attacks(server: ServerProcess, args: argparse.Namespace, token: str
             port, "/api/judgements", plain, GB, chunked=True, content_length=2)), 0.5),
         (f"{args.idle} idle connections", lambda: idle_attack(port, args.idle, wait_s=15), 2.0),
         ("header trickle (1 byte / 0.5 s)", lambda: trickle_attack(port, 0.5, give_up_after=60), 1.0),
+        ("160 clients that never read, 3,000 pipelined requests each", lambda: stalled_reader_attack(
+            port, 160, request_head("GET", "/static/label.js", {"Host": "127.0.0.1"}), 3000, wait_s=35), 10.0),
         ("cross-site sign-in", cross_site_login, None),
     ]
 

@@ -40,12 +40,14 @@ class HttpLimits:
     body_timeout: float = field(default=30.0, metadata={"help": "Seconds a request may take to send its body (408 past it)."})
     header_timeout: float = field(default=10.0, metadata={"help": "Seconds a connection may take to send a request's headers, from opening or from its previous response; slower connections are closed."})
     keep_alive_timeout: float = field(default=5.0, metadata={"help": "Seconds an idle keep-alive connection stays open."})
-    max_connections: int = field(default=128, metadata={"help": "Most open connections. A new one closes the longest-idle connection to make room; with every connection busy, new requests get 503."})
+    send_timeout: float = field(default=30.0, metadata={"help": "Seconds a client may leave the server's answer unread before its connection is dropped."})
+    max_connections: int = field(default=128, metadata={"help": "Most open connections. A new one drops an idle (or very slow) connection to make room; with every connection busy, new requests get 503."})
     allowed_hosts: tuple[str, ...] = field(default=(), metadata={"help": "Host names the server answers to besides the address it is reached on and localhost ('*' = any): stops DNS rebinding."})
 
     def __post_init__(self) -> None:
         bad = [name for name, ok in (("max_body_bytes", self.max_body_bytes >= 1), ("body_timeout", self.body_timeout > 0),
                                      ("header_timeout", self.header_timeout > 0), ("keep_alive_timeout", self.keep_alive_timeout > 0),
+                                     ("send_timeout", self.send_timeout > 0),
                                      ("max_connections", self.max_connections >= 1)) if not ok]
         if bad:
             raise ValueError(f"HttpLimits: {', '.join(bad)} must be positive")
@@ -73,19 +75,30 @@ def log_internal_error(exc: BaseException, scope: dict) -> str:
 
 
 def host_name(header: str) -> str:
-    """The name part of a Host header: 'example.com:8000' -> 'example.com', '[::1]:80' -> '::1'."""
+    """The name part of a Host header: 'example.com:8000' -> 'example.com', '[::1]:80' ->
+    '::1', 'Example.COM.' -> 'example.com'; '' for what is not a host."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
+        inside, bracket, rest = header[1:].partition("]")
+        return inside if bracket and (not rest or (rest[0] == ":" and rest[1:].isdigit())) else ""
     name, _, port = header.rpartition(":")
-    return name if name and port.isdigit() and ":" not in name else header
+    name = name if name and port.isdigit() and ":" not in name else header
+    return name.rstrip(".")
+
+
+def _address(text: str) -> Any:
+    """An IP address, IPv4-mapped IPv6 ('::ffff:10.0.0.1', a dual-stack socket's view of an
+    IPv4 client) as its IPv4 self; None for a name."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
 
 
 def _same_address(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return a == b
+    first, second = _address(a), _address(b)
+    return first == second if first is not None and second is not None else a == b
 
 
 class BodyTooLarge(Exception):
@@ -104,8 +117,9 @@ class RequestGuard:
     an id; the traceback goes to the log under that id, never to the client."""
 
     def __init__(self, app: Any, limits: HttpLimits, *, error: Callable[[str], dict[str, Any]] = json_error,
-                 authorize: Callable[[dict], Refusal | None] | None = None) -> None:
+                 authorize: Callable[[dict], Refusal | None] | None = None, headers: dict[str, str] | None = None) -> None:
         self.app, self.limits, self.error, self.authorize = app, limits, error, authorize
+        self.headers = headers or {}  # on the guard's own answers too (an app's security headers)
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -117,7 +131,9 @@ class RequestGuard:
             return await self.refuse(*refusal, scope, receive, send)
         if body is None:
             return  # the client went away mid-body
-        await self._run(scope, _replay(body, receive), send)
+        replay = _replay(body, receive)
+        del body  # the app holds the only reference: it can free the body when it is done with it
+        await self._run(scope, replay, send)
 
     def check_host(self, scope: dict) -> Refusal | None:
         """DNS rebinding: a page on evil.example that resolves its name to 127.0.0.1 reaches
@@ -158,7 +174,7 @@ class RequestGuard:
     async def refuse(self, status: int, body: dict[str, Any], scope: dict, receive: Any, send: Any) -> None:
         from starlette.responses import JSONResponse
 
-        await JSONResponse(body, status, headers={"connection": "close"})(scope, receive, send)
+        await JSONResponse(body, status, headers={**self.headers, "connection": "close"})(scope, receive, send)
 
     async def _run(self, scope: dict, receive: Any, send: Any) -> None:
         started = False
@@ -188,14 +204,26 @@ def _replay(body: bytes, receive: Callable[[], Awaitable[dict]]) -> Callable[[],
 
 
 # -- connections ----------------------------------------------------------------------------
+MIN_BODY_RATE = 16 * 1024  # bytes/s; under contention, a body arriving slower than this loses its place
+
+
 def guarded_protocol(limits: HttpLimits) -> type:
-    """uvicorn's h11 protocol with a deadline for each request head and room made for
-    new connections by closing the longest-idle one."""
+    """uvicorn's h11 protocol, bounded per connection: a deadline for each request head; a
+    deadline for a client that stops reading its answer; a bound on what a client may
+    send ahead while its request is being answered; and, at the connection cap, room made
+    for a newcomer by dropping the connection that holds its place for least."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    ahead_limit = limits.max_body_bytes + 64 * 1024  # one pipelined request, head and body
 
     class GuardedH11Protocol(H11Protocol):
         head_timer: asyncio.TimerHandle | None = None
-        idle_since = 0.0
+        send_timer: asyncio.TimerHandle | None = None
+        idle_since = 0.0  # when it began waiting for a request head
+        head_at = 0.0  # when its current request's head arrived
+        body_bytes = 0  # bytes received since then
+        paused_at = 0.0  # when the client stopped reading our answer
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -207,6 +235,12 @@ def guarded_protocol(limits: HttpLimits) -> type:
             super().data_received(data)
             if self.cycle is not cycle:  # a request head arrived: its own deadlines take over
                 self._head_arrived()
+            else:
+                self.body_bytes += len(data)
+            # Bytes sent ahead while a request is answered wait in h11's buffer, which h11
+            # bounds only while it expects a head: bound them here.
+            if len(self.conn.trailing_data[0]) > ahead_limit:
+                self.drop()
 
         def on_response_complete(self) -> None:
             cycle = self.cycle
@@ -216,33 +250,67 @@ def guarded_protocol(limits: HttpLimits) -> type:
             elif self.cycle is not cycle:
                 self._head_arrived()  # a pipelined request was already waiting
 
+        def pause_writing(self) -> None:
+            """The client is not reading what we send: it gets ``send_timeout`` to resume."""
+            super().pause_writing()
+            if self.send_timer is None:
+                self.paused_at = self.loop.time()
+                self.send_timer = self.loop.call_later(limits.send_timeout, self.drop)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._cancel("send_timer")
+
+        def timeout_keep_alive_handler(self) -> None:
+            self.drop()
+
         def connection_lost(self, exc: Exception | None) -> None:
-            self._head_arrived()
+            self._cancel("head_timer")
+            self._cancel("send_timer")
             super().connection_lost(exc)
 
+        def drop(self) -> None:
+            """Close at once, unsent answer and all: a close() would wait for a client that
+            may never read, holding its place."""
+            self._cancel("head_timer")
+            self._cancel("send_timer")
+            self.transport.abort()
+
         def _await_head(self) -> None:
-            self._head_arrived()
+            self._cancel("head_timer")
             self.idle_since = self.loop.time()
-            self.head_timer = self.loop.call_later(limits.header_timeout, self._close)
+            self.head_timer = self.loop.call_later(limits.header_timeout, self.drop)
 
         def _head_arrived(self) -> None:
-            if self.head_timer is not None:
-                self.head_timer.cancel()
-                self.head_timer = None
+            self._cancel("head_timer")
+            self.head_at, self.body_bytes = self.loop.time(), 0
 
-        def _close(self) -> None:
-            self.head_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
+        def _cancel(self, name: str) -> None:
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
 
         def _make_room(self) -> None:
-            """Over the cap, close the connection that has waited longest for a request head
-            (an idle keep-alive client reconnects; a slowloris loses its place)."""
+            """Over the cap, drop a connection that holds its place without using it: one
+            already closing, else the one that has waited longest for a request head (an
+            idle keep-alive client reconnects; a slowloris loses its place), else the
+            slowest of those sending a body slower than MIN_BODY_RATE, else the one whose
+            client has longest left our answer unread (2 s grace for each)."""
             if len(self.connections) <= limits.max_connections:
                 return
-            idle = [c for c in self.connections if c is not self and getattr(c, "head_timer", None) is not None]
-            if idle:
-                min(idle, key=lambda c: c.idle_since)._close()
+            others = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)]
+            closing = [c for c in others if c.transport.is_closing()]
+            idle = sorted((c for c in others if c.head_timer is not None), key=lambda c: c.idle_since)
+            now = self.loop.time()
+            slow = sorted((c for c in others if c.conn.their_state is h11.SEND_BODY and now - c.head_at > 2
+                           and c.body_bytes / (now - c.head_at) < MIN_BODY_RATE),
+                          key=lambda c: c.body_bytes / (now - c.head_at))
+            stalled = sorted((c for c in others if c.send_timer is not None and now - c.paused_at > 2),
+                             key=lambda c: c.paused_at)
+            victim = (closing or idle or slow or stalled or [None])[0]
+            if victim is not None:
+                victim.drop()
 
     return GuardedH11Protocol
 
@@ -251,9 +319,10 @@ def uvicorn_config(app: Any, host: str, port: int, limits: HttpLimits, **options
     import uvicorn
 
     return uvicorn.Config(
-        app, host=host, port=port, http=guarded_protocol(limits),
+        app, host=host, port=port, http=guarded_protocol(limits), ws="none",  # no WebSocket upgrades: nothing uses them
         limit_concurrency=limits.max_connections + 1,  # uvicorn answers 503 from this many connections or requests
-        timeout_keep_alive=max(1, round(limits.keep_alive_timeout)), log_level="warning", **options)
+        timeout_keep_alive=max(1, round(limits.keep_alive_timeout)), timeout_graceful_shutdown=10,
+        log_level="warning", **options)
 
 
 def limits_of(app: Any) -> HttpLimits:

@@ -276,3 +276,77 @@ def json_attack(url: str, path: str, body: bytes, headers: dict[str, str]) -> tu
         error = answer.text[:200]
     message = error.get("message") if isinstance(error, dict) else error
     return f"{answer.status_code}: {str(message)[:80]}", {"status": answer.status_code, "message": message}
+
+
+def stalled_reader_attack(port: int, count: int, request: bytes, pipelined: int, wait_s: float) -> tuple[str, dict[str, Any]]:
+    """``count`` connections that pipeline ``pipelined`` requests and never read the
+    answers (a tiny receive window); after ``wait_s``, how many the server had dropped
+    (their answers cut short) rather than kept waiting for the reader."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(request * pipelined)
+        sockets.append(sock)
+    time.sleep(wait_s)
+    outcomes = [_drain(sock) for sock in sockets]
+    counts = {kind: outcomes.count(kind) for kind in ("refused", "dropped", "served", "held")}
+    return (f"of {count}: {counts['refused']} refused (503), {counts['dropped']} dropped, {counts['served']} served in "
+            f"full, {counts['held']} still held"), {"opened": count, **counts}
+
+
+def _drain(sock: socket.socket) -> str:
+    """Read what the server sent: 'refused' (it ended on a 503: the server was full when a
+    request came), 'dropped' (reset, or closed before any answer), 'served' (answers,
+    then an ordinary close) or 'held' (still open)."""
+    sock.settimeout(2)
+    tail = b""
+    try:
+        while piece := sock.recv(1 << 20):
+            tail = (tail + piece)[-4096:]
+        return "refused" if b"HTTP/1.1 503" in tail else "served" if tail else "dropped"
+    except socket.timeout:
+        return "held"  # still open, the server waiting on this reader
+    except OSError:
+        return "refused" if b"HTTP/1.1 503" in tail else "dropped"
+    finally:
+        sock.close()
+
+
+def slow_body_attack(port: int, count: int, path: str, headers: dict[str, str], hold_s: float) -> tuple[str, dict[str, Any]]:
+    """``count`` requests whose bodies arrive at one byte a second; after ``hold_s``, how
+    many connections the server had dropped to make room for others."""
+    sockets = []
+    for _ in range(count):
+        sock = connect(port)
+        sock.sendall(request_head("POST", path, {**headers, "Content-Length": "60000"}) + b"{")
+        sockets.append(sock)
+    deadline = time.monotonic() + hold_s
+    while time.monotonic() < deadline:
+        for sock in sockets:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                pass
+        time.sleep(1)
+    states = [connection_state(sock) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    refused, dropped = sum(s.startswith("answered") for s in states), states.count("closed")
+    return (f"{refused} of {count} refused ({', '.join(sorted(set(s for s in states if s.startswith('answered'))))}), "
+            f"{dropped} dropped after {hold_s:g} s"), {"opened": count, "refused": refused, "dropped": dropped}
+
+
+def connection_state(sock: socket.socket) -> str:
+    """'open' (nothing from the server yet), 'closed' (dropped without an answer) or
+    'answered NNN'."""
+    sock.setblocking(False)
+    try:
+        data = sock.recv(64)
+    except BlockingIOError:
+        return "open"
+    except OSError:
+        return "closed"
+    parts = data.split(b" ")
+    return f"answered {parts[1].decode()}" if data.startswith(b"HTTP/") and len(parts) > 1 else "closed"

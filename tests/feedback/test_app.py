@@ -199,3 +199,9 @@ def test_a_labeler_cannot_post_for_a_prompt_not_leased_to_them(client, tokens):
 def test_a_foreign_host_header_is_refused(db, tokens):
     answer = TestClient(create_app(db)).get("/login", headers={"Host": "evil.example"})
     assert answer.status_code == 421 and "evil.example" in answer.json()["error"]
+
+
+def test_an_anonymous_body_is_refused_before_it_is_read(client):
+    answer = client.post("/api/judgements", json={"prompt_id": 1, "submission_id": "abcdefgh", "ranks": {}})
+    assert answer.status_code == 401 and "Bearer" in answer.json()["error"]
+    assert answer.headers["x-content-type-options"] == "nosniff"  # the guard's own answers carry the app's headers

@@ -20,7 +20,8 @@ STRICT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-LIMITS = ["--header-timeout", "1", "--body-timeout", "2", "--keep-alive-timeout", "1", "--max-connections", "32"]
+LIMITS = ["--header-timeout", "1", "--body-timeout", "8", "--keep-alive-timeout", "1", "--send-timeout", "1",
+          "--max-connections", "32"]
 
 
 def lora_adapter(model_dir, folder, seed):

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.security.conftest import ADMIN_TOKEN, API_KEY, SLIDING_WINDOW, dumps, legit_completion, legit_labeling
-from tunelab.webprobe import body_attack, idle_attack, json_attack, run_attack, trickle_attack
+from tunelab.webprobe import (body_attack, idle_attack, json_attack, request_head, run_attack, slow_body_attack,
+                              stalled_reader_attack, trickle_attack)
 
 GB = 2**30
 MEMORY_SLACK_MB = 16  # what the server may grow by during one attack (allocator noise included)
@@ -51,7 +52,42 @@ def test_labeling_bodies_are_bounded_without_signing_in(labeling):
     headers = {"Host": "127.0.0.1", "Content-Type": "application/json"}
     outcome = run_attack("chunked", labeling, lambda: body_attack(labeling.port, "/api/judgements", headers, GB, chunked=True,
                                                                  content_length=2), legit_labeling(labeling))
-    assert outcome.detail["status"] in (413, 400, None) and outcome.detail["sent_bytes"] <= (64 << 10) + SOCKET_BUFFERS
+    assert outcome.detail["status"] in (401, None) and outcome.detail["sent_bytes"] <= SOCKET_BUFFERS  # none of it read
+    assert_unharmed(outcome)
+    signed_in = {**headers, "Authorization": f"Bearer {labeling.tokens['bob']}"}
+    outcome = run_attack("chunked, signed in", labeling, lambda: body_attack(labeling.port, "/api/judgements", signed_in, GB,
+                                                                            chunked=True), legit_labeling(labeling))
+    assert outcome.detail["status"] in (413, None) and outcome.detail["sent_bytes"] <= (64 << 10) + SOCKET_BUFFERS
+    assert_unharmed(outcome)
+
+
+def test_without_a_key_no_path_reads_a_body(serving):
+    headers = {"Host": "127.0.0.1", "Content-Type": "application/json"}
+    for path in ("/v1/nothing-here", "/elsewhere", "/health"):
+        outcome = run_attack(f"body to {path}", serving, lambda: body_attack(serving.port, path, headers, GB, chunked=True),
+                             legit_completion(serving))
+        assert outcome.detail["status"] in (400, 401, None) and outcome.detail["sent_bytes"] <= SOCKET_BUFFERS, outcome
+    assert httpx.get(serving.url + "/anything").status_code == 401 and httpx.get(serving.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("which", ["serving", "labeling"])
+def test_clients_that_never_read_their_answers_are_dropped(which, request):
+    server = request.getfixturevalue(which)
+    legit = legit_completion(server) if which == "serving" else legit_labeling(server)
+    path = "/v1/models" if which == "serving" else "/static/label.js"
+    head = request_head("GET", path, {"Host": "127.0.0.1", **getattr(server, "headers", {})})
+    # 40 readers that stall with their answers unsent, against a cap of 32: send_timeout (1 s) drops them
+    outcome = run_attack("stalled readers", server, lambda: stalled_reader_attack(server.port, 40, head, 3000, wait_s=2.5), legit)
+    assert outcome.detail["held"] == 0, outcome  # each refused, dropped or served: none kept waiting for its reader
+    assert_unharmed(outcome)
+
+
+def test_bodies_that_trickle_give_way_to_new_clients(serving):
+    headers = completion_headers(serving)
+    # 40 bodies at a byte a second, against a cap of 32: a newcomer drops the slowest of them
+    outcome = run_attack("slow bodies", serving, lambda: slow_body_attack(serving.port, 40, "/v1/completions", headers, hold_s=4),
+                         legit_completion(serving), during_after=3.0)
+    assert outcome.detail["refused"] + outcome.detail["dropped"] >= 8, outcome  # over the cap: 503, or made room
     assert_unharmed(outcome)
 
 

@@ -24,10 +24,11 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
 
 from tunelab.feedback.report import labeling_report
 from tunelab.feedback.store import LabelError, LabelStore, User
-from tunelab.web import HttpLimits, RequestGuard, internal_error_message, log_internal_error
+from tunelab.web import HttpLimits, Refusal, RequestGuard, internal_error_message, log_internal_error
 
 HERE = Path(__file__).parent
 MAX_ID = 2**63 - 1  # SQLite's INTEGER
@@ -36,6 +37,7 @@ SECURE_COOKIE = "__Host-" + COOKIE  # with --secure-cookie: HTTPS only, this hos
 MAX_BODY_BYTES = 64 * 1024
 HSTS = "max-age=31536000"
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+SIGN_IN = "sign in: send 'Authorization: Bearer TOKEN' (from `tunelab label users add`)"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -102,12 +104,20 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
         return HTMLResponse(pages.get_template(name).render(**context), status_code=status)
 
     def current_user(request: Request) -> User:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(cookie)
-        user = store().user_for_token(token)
+        user = store().user_for_token(token_of(request.headers.get("authorization", ""), request.cookies.get(cookie)))
         if user is None:
             raise _Unauthorized()
         return user
+
+    def authorize(scope: dict) -> Refusal | None:
+        """Run by the guard before it reads a body: only a signed-in user (or the sign-in
+        form) gets one read, so an anonymous client cannot make the server buffer bodies."""
+        headers = dict(scope["headers"])
+        if scope["path"] == "/login" or (headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers):
+            return None
+        given = token_of(headers.get(b"authorization", b"").decode("latin-1"),
+                         cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(cookie))
+        return None if store().user_for_token(given) else (401, {"error": SIGN_IN})
 
     def admin_user(user: User = Depends(current_user)) -> User:
         if not user.is_admin:
@@ -131,7 +141,7 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
     @app.exception_handler(_Unauthorized)
     async def unauthorized(request: Request, exc: _Unauthorized) -> Response:
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": "sign in: send 'Authorization: Bearer TOKEN' (from `tunelab label users add`)"}, 401)
+            return JSONResponse({"error": SIGN_IN}, 401)
         return RedirectResponse("/login", 303)
 
     @app.exception_handler(LabelError)
@@ -217,7 +227,13 @@ def create_app(db: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, secure_c
     def stats(user: User = Depends(admin_user)) -> dict[str, Any]:
         return labeling_report(store())
 
-    return RequestGuard(app, limits)
+    headers = {**SECURITY_HEADERS, **({"Strict-Transport-Security": HSTS} if secure_cookie else {})}
+    return RequestGuard(app, limits, authorize=authorize, headers=headers)
+
+
+def token_of(authorization: str, cookie: str | None) -> str | None:
+    """The labeler's token: a Bearer header (scripts), else the sign-in cookie (browsers)."""
+    return authorization[7:].strip() if authorization.lower().startswith("bearer ") else cookie
 
 
 def _shuffled(prompt: dict[str, Any], user: User) -> list[dict[str, Any]]:

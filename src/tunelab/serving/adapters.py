@@ -81,6 +81,8 @@ def resolve_inside(path: str | Path, root: Path) -> Path:
     stay inside ``root``: no '..' and no symlink out."""
     root = root.resolve()
     candidate = Path(path)
+    if "\x00" in str(path):
+        raise AdapterError("an adapter path cannot hold a NUL byte", 400)
     if ".." in candidate.parts:
         raise AdapterError(f"adapter path {path!s} contains '..'", 403)
     resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
@@ -105,21 +107,31 @@ def snapshot_inside(path: str | Path, root: Path) -> Iterator[Path]:
     import tempfile
 
     folder = resolve_inside(path, root)
+    files = [item for item in sorted(folder.rglob("*")) if not item.is_dir()]
+    if len(files) > MAX_ADAPTER_FILES:
+        raise AdapterError(f"adapter {path!s} holds {len(files)} files; an adapter folder holds a few", 422)
     copy_dir = Path(tempfile.mkdtemp(prefix="tunelab-adapter-"))
     try:
-        for item in sorted(folder.rglob("*")):
-            if not item.is_dir():
-                try:
-                    _copy_checked(item, root.resolve(), copy_dir / item.relative_to(folder))
-                except OSError as exc:
-                    raise AdapterError(f"{item.relative_to(folder)} in adapter {path!s} could not be read: "
-                                       f"{exc.strerror or exc}", 403) from None
+        budget = [MAX_ADAPTER_BYTES]
+        for item in files:
+            try:
+                _copy_checked(item, root.resolve(), copy_dir / item.relative_to(folder), budget)
+            except OSError as exc:
+                raise AdapterError(f"{item.relative_to(folder)} in adapter {path!s} could not be read: "
+                                   f"{exc.strerror or exc}", 403) from None
         yield copy_dir
     finally:
         shutil.rmtree(copy_dir, ignore_errors=True)
 
 
-def _copy_checked(item: Path, root: Path, target: Path) -> None:
+MAX_ADAPTER_FILES = 256  # a peft or tunelab adapter folder holds a handful: a config, weights, a tokenizer
+MAX_ADAPTER_BYTES = 8 << 30  # what one admin load may copy (a selective fine-tune of a large model included)
+
+
+def _copy_checked(item: Path, root: Path, target: Path, budget: list[int]) -> None:
+    """Copy one file from a descriptor that was checked: a regular file (not a FIFO or
+    device), with one name only (a hard link can reach a file outside ``root``), whose
+    real path is inside ``root``; ``budget`` bounds the bytes copied."""
     import shutil
     import stat
 
@@ -128,8 +140,12 @@ def _copy_checked(item: Path, root: Path, target: Path) -> None:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(item, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _opened_path(fd, item).is_relative_to(root):
-            raise AdapterError(f"{item.name} is not a file inside the allowed directory {root}", 403)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or not _opened_path(fd, item).is_relative_to(root):
+            raise AdapterError(f"{item.name} is not a file inside the allowed directory {root} (links are not followed)", 403)
+        budget[0] -= info.st_size
+        if budget[0] < 0:
+            raise AdapterError(f"the adapter is over {MAX_ADAPTER_BYTES >> 30} GB", 422)
         target.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(os.dup(fd), "rb") as source, open(target, "wb") as sink:
             shutil.copyfileobj(source, sink)
@@ -141,8 +157,9 @@ _CAN_CHECK_FD = Path("/proc/self/fd").is_dir()
 
 
 def _opened_path(fd: int, opened: Path) -> Path:
-    """The real path of an open file: Linux tells it through /proc; elsewhere the file
-    was opened without following a final symlink, so its path is the one asked for."""
+    """The real path of an open file: Linux tells it through /proc. Elsewhere the file was
+    opened without following a final symlink, so its path is the one asked for (a
+    directory swapped for a link in between is not caught there: serve from Linux)."""
     return Path(os.readlink(f"/proc/self/fd/{fd}")) if _CAN_CHECK_FD else opened.resolve()
 
 

@@ -42,23 +42,30 @@ from tunelab.web import Refusal, RequestGuard, error_id, internal_error_message,
 log = logging.getLogger("tunelab.serving")
 
 
-def bearer(header: bytes) -> str:
-    text = header.decode("latin-1")
-    return text[7:].strip() if text.lower().startswith("bearer ") else ""
+def bearer(header: bytes) -> bytes:
+    """The token of an 'Authorization: Bearer TOKEN' header, as bytes (keys are ASCII)."""
+    return header[7:].strip() if header[:7].lower() == b"bearer " else b""
+
+
+OPEN_PATHS = ("/health",)  # answered without a key (load balancers' probes), and without a body
 
 
 def authorizer(settings: ServerSettings) -> Any:
     """Keys and content type, from the headers alone: a client without a key is refused
-    before a byte of its body is read."""
+    before a byte of its body is read. With API keys set, every path but /health needs
+    one (deny by default: an unknown path is no way in)."""
     def authorize(scope: dict) -> Refusal | None:
         headers, path = dict(scope["headers"]), scope["path"]
-        given = bearer(headers.get(b"authorization", b"")).encode()
+        given = bearer(headers.get(b"authorization", b""))
         if path.startswith("/admin"):
             if not settings.admin_token:
                 return 403, error_body("the admin API is off: start the server with --admin-token-file", code="admin_disabled")
             if not hmac.compare_digest(given, settings.admin_token.encode()):
                 return 401, error_body("a valid admin token is needed", code="invalid_api_key")
-        elif settings.api_keys and path.startswith("/v1") and not any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys):
+        elif path in OPEN_PATHS:
+            if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+                return 400, error_body(f"{path} takes no body")
+        elif settings.api_keys and not any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys):
             return 401, error_body("Incorrect API key provided.", code="invalid_api_key")
         if scope["method"] == "POST" and headers.get(b"content-type", b"").split(b";")[0].strip() != b"application/json":
             return 415, error_body("send JSON (Content-Type: application/json)")
@@ -102,9 +109,10 @@ class Api:
         if asked is not None and asked > self.settings.max_tokens_limit:
             raise ApiError(400, f"max_tokens is {asked}; this server allows at most {self.settings.max_tokens_limit}", param="max_tokens")
 
-    def check_size(self, texts: Sequence[str], n: int, param: str) -> None:
-        if len(texts) * n > self.settings.max_prompts:
-            raise ApiError(400, f"{len(texts)} prompts x n={n} is over this server's {self.settings.max_prompts} per request")
+    def check_size(self, texts: Sequence[str], answers: int, param: str) -> None:
+        """``answers``: prompts x n, the generations the request asks for."""
+        if answers > self.settings.max_prompts:
+            raise ApiError(400, f"{answers} answers (prompts x n) is over this server's {self.settings.max_prompts} per request")
         chars = sum(len(t) for t in texts)
         if chars > self.settings.max_prompt_chars:
             raise ApiError(400, f"{chars} characters of {param} is over this server's {self.settings.max_prompt_chars}", param=param)
@@ -212,9 +220,9 @@ class Api:
             raise ApiError(400, str(exc)) from None
         except asyncio.CancelledError:
             raise ApiError(503, "the request was cancelled by the server", "server_error") from None
-        except Exception as exc:  # noqa: BLE001 - the engine logged the traceback; the client gets an id
+        except Exception as exc:  # noqa: BLE001 - the log gets the traceback, the client an id
             ident = error_id()
-            log.error("error %s: generation failed: %s: %s", ident, type(exc).__name__, exc)
+            log.error("error %s: generation failed", ident, exc_info=exc)
             raise ApiError(500, f"generation failed (error id {ident}; the server log has the detail)", "server_error") from None
 
     async def answer(self, body: Options, http: Request, prompts: list[list[int]], max_tokens: int, chat: bool) -> Response:
@@ -273,23 +281,38 @@ class Api:
         yield b"data: [DONE]\n\n"
 
     # -- endpoints ----------------------------------------------------------------------
-    async def completions(self, body: CompletionBody, http: Request) -> Response:
+    async def parse(self, http: Request, model: type[Options]) -> Any:
+        """The body as ``model``, parsed and validated off the event loop: a body of tens of
+        thousands of small objects takes a while, and must not stall other clients."""
+        from pydantic import ValidationError
+
+        raw = await http.body()
+        try:
+            return await run_in_threadpool(model.model_validate_json, raw)
+        except ValidationError as exc:
+            message, param = describe(exc.errors())
+            raise ApiError(400, message, param=param) from None
+
+    async def completions(self, http: Request) -> Response:
+        body: CompletionBody = await self.parse(http, CompletionBody)
         self.check(body)
         texts = body.texts()
         if not texts or any(not t for t in texts):
             raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
-        self.check_size(texts, body.n, "prompt")
+        self.check_size(texts, len(texts) * body.n, "prompt")
         prompts = await self.tokenize(texts)
         max_tokens = self.max_new_tokens(body, max(len(p) for p in prompts), 16)  # OpenAI's default for completions
         return await self.answer(body, http, prompts, max_tokens, chat=False)
 
-    async def chat(self, body: ChatBody, http: Request) -> Response:
+    async def chat(self, http: Request) -> Response:
+        body: ChatBody = await self.parse(http, ChatBody)
         self.check(body)
         if len(body.messages) > self.settings.max_messages:
             raise ApiError(400, f"{len(body.messages)} messages is over this server's {self.settings.max_messages}", param="messages")
-        self.check_size([m.text() for m in body.messages], body.n, "messages")
+        self.check_size([m.text() for m in body.messages], body.n, "messages")  # one prompt, n answers
         text = await self.render_chat(body)
         prompt = (await self.tokenize([text], add_special_tokens=False))[0]
+        body.messages = []  # free the messages while the request waits for its answer
         max_tokens = self.max_new_tokens(body, len(prompt), self.settings.max_tokens_limit)
         return await self.answer(body, http, [prompt], max_tokens, chat=True)
 

@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tunelab.errors import TunelabError
 from tunelab.generation.batched import Generation, generate_from_ids
 from tunelab.generation.settings import GenerationSettings
 from tunelab.serving.adapters import AdapterError, AdapterSet
@@ -177,25 +176,30 @@ class BatchingEngine:
             self._serve(batch, retry_alone=True)
 
     def _serve(self, batch: list[Request], *, retry_alone: bool) -> None:
-        """Run one batch and answer its requests, whatever happens."""
-        batch, model, adapter_names = self._route(batch)
-        if not batch:
-            return
+        """Run one batch and answer its requests, whatever happens: routing, decoding and
+        delivery all happen inside the guard."""
         deltas = [TextDeltas(self.tokenizer, r.settings.stop) if r.on_text else None for r in batch]
         try:
-            outputs = self._decode(batch, model, adapter_names, deltas)
+            routed, model, adapter_names = self._route(batch)
+            if routed:
+                kept = [d for r, d in zip(batch, deltas) if r in routed]
+                self._deliver(routed, self._decode(routed, model, adapter_names, kept), kept)
         except Exception as exc:  # noqa: BLE001 - every waiting client must hear of it
-            retry = [r for r, d in zip(batch, deltas) if d is None or not d.sent] if retry_alone and len(batch) > 1 else []
-            if retry:  # find the request that broke the batch; the others still get answers
+            waiting = [(r, d) for r, d in zip(batch, deltas) if not r.result.done()]
+            # find the request that broke the batch; the others still get their answers (a
+            # stream that already sent text cannot start over, and fails instead)
+            retry = [r for r, d in waiting if d is None or not d.sent] if retry_alone and len(waiting) > 1 else []
+            if retry:
                 log.warning("a batch of %d failed (%s: %s); retrying its requests one at a time",
-                            len(batch), type(exc).__name__, exc)
+                            len(waiting), type(exc).__name__, exc)
                 self.stats["retried_alone"] += len(retry)
-            for request in batch:
+            for request, _ in waiting:
                 if request in retry:
                     self._serve([request], retry_alone=False)
                 else:
                     self._fail(request, exc)
-            return
+
+    def _deliver(self, batch: list[Request], outputs: list[Generation], deltas: list[TextDeltas | None]) -> None:
         self.stats["batches"] += 1
         self.batch_sizes.append(len(batch))
         for request, output, delta in zip(batch, outputs, deltas):
@@ -208,9 +212,9 @@ class BatchingEngine:
                 request.result.set_result(output)
 
     def _fail(self, request: Request, exc: BaseException) -> None:
+        """The request's client hears of it (the server logs the traceback under the
+        error id it answers with)."""
         self.stats["failed"] += 1
-        if not isinstance(exc, TunelabError):  # a request's own fault is the client's news, not the log's
-            log.error("generation failed for a request to %r", request.adapter, exc_info=exc)
         if not request.result.done():
             request.result.set_exception(exc)
 

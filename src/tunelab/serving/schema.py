@@ -28,7 +28,8 @@ def describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     a string or a list of them) fails once per member: a member that matched the type but
     failed a check says most; pydantic's member tags are left out of the field's path."""
     first = next((e for e in errors if "Unicode" in str(e.get("msg", ""))), errors[0])
-    parts = [str(p) for p in first["loc"][1:] if not (isinstance(p, str) and ("[" in p or "(" in p))]
+    loc = first["loc"][1:] if first["loc"][:1] == ("body",) else first["loc"]  # FastAPI's errors start at 'body'
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "(" in p))]
     where = ".".join(parts) or "body"
     if first["type"] == "json_invalid":
         return "the body is not valid JSON", None
@@ -106,7 +107,7 @@ class ContentPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[ContentPart]
+    content: Text | Annotated[list[ContentPart], Field(max_length=256)]
     name: Text | None = Field(default=None, max_length=64)
 
     def text(self) -> str:
@@ -114,7 +115,7 @@ class Message(BaseModel):
 
 
 class ChatBody(Options):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=100_000)  # the server's --max-messages is checked after
 
     def template_messages(self) -> list[dict[str, str]]:
         """The messages as chat templates take them (OpenAI's 'developer' is a system turn)."""

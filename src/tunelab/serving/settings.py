@@ -15,8 +15,8 @@ MIN_ADMIN_TOKEN = 16
 class ServerSettings:
     """Limits and keys of one server."""
 
-    api_keys: tuple[str, ...] = field(default=(), metadata={"help": "Accepted API keys (Authorization: Bearer KEY); none = no key needed."})
-    admin_token: str | None = field(default=None, metadata={"help": f"Token for /admin/adapters (at least {MIN_ADMIN_TOKEN} characters); unset = no admin endpoint."})
+    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"help": "Accepted API keys (Authorization: Bearer KEY); none = no key needed."})
+    admin_token: str | None = field(default=None, repr=False, metadata={"help": f"Token for /admin/adapters (at least {MIN_ADMIN_TOKEN} characters); unset = no admin endpoint."})
     max_tokens_limit: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
     max_batch_size: int = field(default=16, metadata={"help": "Most requests generated together."})
     max_queue: int = field(default=256, metadata={"help": "Most requests waiting; more get 429."})
@@ -33,5 +33,7 @@ class ServerSettings:
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
             raise TunelabError(f"the admin token must be at least {MIN_ADMIN_TOKEN} characters (e.g. from "
                                "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
-        if any(not key for key in self.api_keys):
-            raise TunelabError("an API key is empty")
+        for secret in (*self.api_keys, *([self.admin_token] if self.admin_token else [])):
+            if not secret or not secret.isascii() or not secret.isprintable() or " " in secret:
+                raise TunelabError("API keys and the admin token must be non-empty printable ASCII without spaces "
+                                   "(what an Authorization header can carry)")
