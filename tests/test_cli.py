@@ -93,3 +93,30 @@ def test_demo_on_the_default_model(tmp_path, capsys, monkeypatch):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 < metrics["0-shot"]["rouge1"] < 1 and metrics["1-shot"]["n"] == 3
     assert os.path.exists(tmp_path / "1-shot.jsonl")
+
+
+def test_label_users_revoke_and_rotate(tmp_path, capsys):
+    from tunelab.feedback.store import LabelStore
+
+    db = str(tmp_path / "labels.sqlite")
+    assert main(["label", "users", "add", "ann", "--db", db]) == 0
+    old = capsys.readouterr().out.split("token ")[1].split()[0]
+    assert main(["label", "users", "revoke", "ann", "--db", db]) == 0
+    assert "revoked" in capsys.readouterr().out and LabelStore(db).user_for_token(old) is None
+    assert main(["label", "users", "list", "--db", db]) == 0
+    assert capsys.readouterr().out.strip().endswith("ann\trevoked")
+    assert main(["label", "users", "rotate", "ann", "--db", db]) == 0
+    new = capsys.readouterr().out.split("token ")[1].split()[0]
+    assert LabelStore(db).user_for_token(new).name == "ann" and new != old
+    assert main(["label", "users", "revoke", "zed", "--db", db]) == 2
+    assert "no user named 'zed'" in capsys.readouterr().err
+
+
+def test_serve_keys_come_from_files_and_the_environment(tmp_path, monkeypatch):
+    from tunelab.cli import _secrets, build_parser
+
+    (tmp_path / "keys").write_text("# keys\nkey-one\n\nkey-two\n")
+    (tmp_path / "admin").write_text("an-admin-token-of-24-chars\n")
+    monkeypatch.setenv("TUNELAB_API_KEYS", "key-three, key-one")
+    args = build_parser().parse_args(["serve", "--api-key-file", str(tmp_path / "keys"), "--admin-token-file", str(tmp_path / "admin")])
+    assert _secrets(args) == (("key-three", "key-one", "key-two"), "an-admin-token-of-24-chars")

@@ -293,7 +293,7 @@ def stalled_reader_attack(port: int, count: int, request: bytes, pipelined: int,
     outcomes = [_drain(sock) for sock in sockets]
     counts = {kind: outcomes.count(kind) for kind in ("refused", "dropped", "served", "held")}
     return (f"of {count}: {counts['refused']} refused (503), {counts['dropped']} dropped, {counts['served']} served in "
-            f"full, {counts['held']} still held"), {"opened": count, **counts}
+            f"full, {counts['held']} still open"), {"opened": count, **counts}
 
 
 def _drain(sock: socket.socket) -> str:
@@ -307,7 +307,7 @@ def _drain(sock: socket.socket) -> str:
             tail = (tail + piece)[-4096:]
         return "refused" if b"HTTP/1.1 503" in tail else "served" if tail else "dropped"
     except socket.timeout:
-        return "held"  # still open, the server waiting on this reader
+        return "held"  # still open: the server waits on this reader, or is still answering its requests
     except OSError:
         return "refused" if b"HTTP/1.1 503" in tail else "dropped"
     finally:

@@ -31,8 +31,9 @@ def describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     loc = first["loc"][1:] if first["loc"][:1] == ("body",) else first["loc"]  # FastAPI's errors start at 'body'
     parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "(" in p))]
     where = ".".join(parts) or "body"
-    if first["type"] == "json_invalid":
-        return "the body is not valid JSON", None
+    if first["type"] == "json_invalid":  # a lone surrogate escape ("\ud800") is one: it stands for no character
+        where = (first.get("ctx") or {}).get("error")
+        return "the body is not valid JSON" + (f" ({where})" if where else ""), None
     message = str(first["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}"[:500], (where if where != "body" else None)
 
