@@ -42,6 +42,8 @@ def test_shipped_recipes_are_valid():
         assert stages[name] == "sft"
     assert (stages["hh-rlhf-reward"], stages["toxicity-classifier"], stages["dialogsum-detox-ppo"], stages["hh-rlhf-dpo"]) == (
         "reward", "classifier", "ppo", "dpo")
+    assert [stages[f"sentiment-{m}"] for m in ("ppo", "rloo", "grpo", "best-of-n")] == ["ppo", "rloo", "grpo", "rejection-sampling"]
+    assert stages["sst2-sentiment-classifier"] == "classifier"
 
 
 def test_reading_and_checking_a_recipe_imports_no_torch():

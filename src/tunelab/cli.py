@@ -325,8 +325,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _before_after_table(comparison: dict) -> str:
-    """PPO's held-out comparison of the policy before and after training."""
-    keys = [k for k in ("reward_mean", "reward_std", "toxicity_mean", "toxicity_std", "rouge1", "rouge2", "rougeL")
+    """Online RL's held-out comparison of the policy before and after training."""
+    keys = [k for k in ("reward_mean", "label_probability_mean", "response_tokens_mean", "distinct_2", "rouge1", "rouge2", "rougeL")
             if k in comparison["before"]]
     lines = ["| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for name in ("before", "after"):

@@ -42,6 +42,10 @@ class PromptJob:
     output_label: str | None = field(default=None, metadata={"help": "Cue before the answer in plain prompts (default 'Summary:')."})
     on_overflow: str = field(default="error", metadata={"help": "A prompt longer than the context window: stop with an error, or drop shots from the end.", "choices": ("error", "drop-shots")})
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    best_of: int = field(default=1, metadata={"help": "Sample N responses per prompt and answer with the one --reward scores highest (best-of-n; implies sampling)."})
+    reward: str | None = field(default=None, metadata={"help": "With --best-of: a reward model or classifier folder (tunelab train output), or module:function."})
+    reward_output: str = field(default="logit", metadata={"help": "With --best-of and a classifier: rank by the class's logit, probability or log_probability.", "choices": ("logit", "probability", "log_probability")})
+    reward_label: str | None = field(default=None, metadata={"help": "With --best-of and a classifier: the class whose score ranks (default: the one it rewards)."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on a capable GPU, else fp32), float32, bfloat16, float16."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N, mps."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub to run (off: only transformers' own architectures)."})
@@ -84,6 +88,7 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
     """Prompt the model on every example; one output row per example."""
     from tunelab.generation import generate
 
+    check_best_of(job)
     job.generation.validate()  # before minutes of loading, not after
     examples = load_examples(
         job.data, job.split, input_field=job.input_field, target_field=job.target_field, limit=job.limit
@@ -98,17 +103,21 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
         loaded = load_for_inference(job.model, job.adapter, dtype=job.dtype, device=job.device,
                                     trust_remote_code=job.trust_remote_code)
     builder, prompts = build_prompts(job, loaded, examples)
+    n = job.best_of
     outputs = generate(
         loaded.model,
         loaded.tokenizer,
-        [p.text for p in prompts],
+        [p.text for p in prompts for _ in range(n)],
         job.generation,
         add_special_tokens=builder.adds_special_tokens,
         progress=progress,
-        desc=desc,
+        desc=desc if n == 1 else f"{desc} (best of {n})",
     )
-    return [
-        {
+    best, scores = _best_of_n(job, [p.text for p in prompts], [o.text for o in outputs])
+    rows = []
+    for i, p in enumerate(prompts):
+        out = outputs[i * n + best[i]]
+        row = {
             "id": p.example.id,
             "prompt": p.text,
             "prediction": out.text,
@@ -117,8 +126,34 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
             "finish_reason": out.finish_reason,
             "new_tokens": len(out.token_ids),
         }
-        for p, out in zip(prompts, outputs)
-    ]
+        if n > 1:
+            row.update(best_of=n, score=scores[i * n + best[i]],
+                       candidates=[{"text": o.text, "score": s} for o, s in zip(outputs[i * n : (i + 1) * n], scores[i * n : (i + 1) * n])])
+        rows.append(row)
+    return rows
+
+
+def check_best_of(job: PromptJob) -> None:
+    """--best-of's options agree before any model is loaded; it samples (says so if asked not to)."""
+    if job.best_of < 1:
+        raise PromptError(f"--best-of must be >= 1, got {job.best_of}")
+    if job.best_of > 1 and not job.reward:
+        raise PromptError("--best-of N needs --reward: a reward model or classifier folder, or module:function")
+    if job.best_of == 1 and job.reward:
+        raise PromptError("--reward ranks samples: give --best-of N (N >= 2) with it")
+    if job.best_of > 1 and not job.generation.do_sample:
+        print(f"tunelab prompt: --best-of {job.best_of} samples its candidates (as with --do-sample)", file=sys.stderr)
+        job.generation.do_sample = True
+
+
+def _best_of_n(job: PromptJob, prompts: list[str], texts: list[str]) -> tuple[list[int], list[float]]:
+    if job.best_of == 1:
+        return [0] * len(prompts), []
+    from tunelab.alignment.best_of_n import choose
+    from tunelab.alignment.reward import load_reward
+
+    reward = load_reward(job.reward, output=job.reward_output, label=job.reward_label)
+    return choose(prompts, texts, job.best_of, reward)
 
 
 def human_baseline(examples: Iterable[Example]) -> list[dict]:

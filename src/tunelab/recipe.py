@@ -33,12 +33,13 @@ class RecipeError(TunelabError):
     """A recipe file or override is malformed."""
 
 
-STAGES = ("sft", "reward", "classifier", "ppo", "dpo")
+ONLINE_RL = ("ppo", "rloo", "grpo", "rejection-sampling")  # the stages that read ppo: (reward, sampling)
+STAGES = ("sft", "reward", "classifier", "ppo", "rloo", "grpo", "rejection-sampling", "dpo")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = field(default="sft", metadata={"help": "sft (instruction fine-tuning), reward (pairwise reward model), classifier (e.g. toxicity), ppo or dpo."})
+    stage: str = field(default="sft", metadata={"help": "sft (instruction fine-tuning), reward (pairwise reward model), classifier (e.g. toxicity), ppo, rloo, grpo (online RL with the ppo: settings), rejection-sampling (fine-tune on the best of ppo.group_size samples) or dpo."})
     method: str = field(default="lora", metadata={"help": "full, selective, lora, prompt-tuning, prefix-tuning, ia3 or adapter."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base model: name, folder, .gguf file or hub id."})
     # data
@@ -54,6 +55,7 @@ class TrainConfig:
     eval_rouge_limit: int = field(default=0, metadata={"help": "Held-out rows also scored with ROUGE at each eval (generation is slow on CPU; 0 = off)."})
     # prompt format: the same as `tunelab prompt`, so training and evaluation see the same text
     instruction: str | None = field(default=None, metadata={"help": "Task instruction (default: the course's summarization prompt)."})
+    output_label: str | None = field(default=None, metadata={"help": "Cue before the answer in plain prompts (default 'Summary:', or 'Answer:' with an instruction); '' with instruction '' and chat_template off: the input is a text to continue."})
     chat_template: str = field(default="auto", metadata={"help": "auto, on or off: wrap prompts in the model's chat template."})
     max_length: int = field(default=512, metadata={"help": "Longest training sequence in tokens; longer prompts are cut from the left."})
     # optimisation
@@ -160,7 +162,8 @@ def validate(config: TrainConfig) -> None:
         (config.dpo.beta > 0, "dpo.beta must be > 0"),
         (config.ppo.reward_output in ("logit", "probability", "log_probability"), "ppo.reward_output must be logit, probability or log_probability"),
         (config.ppo.kl_estimator in ("k1", "k3"), "ppo.kl_estimator must be k1 or k3"),
-        (config.stage != "ppo" or bool(config.ppo.reward), "stage ppo needs ppo.reward (a reward model or classifier folder, or module:function)"),
+        (config.stage not in ONLINE_RL or bool(config.ppo.reward), f"stage {config.stage} needs ppo.reward (a reward model or classifier folder, or module:function)"),
+        (config.stage not in ("rloo", "grpo", "rejection-sampling") or config.ppo.group_size >= 2, f"stage {config.stage} needs ppo.group_size >= 2 (samples per prompt)"),
     ]
     problems = [message for ok, message in checks if not ok]
     if config.mixture and config.stage != "sft":
@@ -183,11 +186,13 @@ def trainer_class(stage: str) -> type:
 
     if stage == "sft":
         return Trainer
+    from tunelab.alignment.best_of_n import RejectionSamplingTrainer
     from tunelab.alignment.dpo import DPOTrainer
     from tunelab.alignment.ppo import PPOTrainer
     from tunelab.alignment.reward import ClassifierTrainer, RewardTrainer
 
-    return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "dpo": DPOTrainer}[stage]
+    return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "rloo": PPOTrainer,
+            "grpo": PPOTrainer, "rejection-sampling": RejectionSamplingTrainer, "dpo": DPOTrainer}[stage]
 
 
 def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> Any:

@@ -10,3 +10,8 @@ def count_target(prompts, responses):
 
 def wrong_count(prompts, responses):
     return [0.0]
+
+
+def length(prompts, responses):
+    """Reward the longer response (in characters)."""
+    return [float(len(r)) for r in responses]

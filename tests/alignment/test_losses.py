@@ -150,3 +150,28 @@ def test_token_logprobs_equal_log_softmax():
     expected = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(L.token_logprobs(logits, tokens), expected)
     assert L.entropy_from_logits(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
+
+
+def test_rloo_advantages_by_hand():
+    # two prompts, three samples each
+    rewards = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    expected = [1 - (2 + 6) / 2, 2 - (1 + 6) / 2, 6 - (1 + 2) / 2, 0 - 1.5, 0 - 1.5, 3 - 0.0]
+    advantages = L.rloo_advantages(rewards, 3)
+    assert advantages.tolist() == pytest.approx(expected)
+    # the leave-one-out baseline is k/(k-1) times the mean-centred reward: zero mean per prompt
+    assert advantages.reshape(2, 3).sum(dim=1).tolist() == pytest.approx([0.0, 0.0])
+    with pytest.raises(ValueError, match="group_size"):
+        L.rloo_advantages(rewards, 1)
+
+
+def test_grpo_advantages_by_hand():
+    scores = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, 5.0])
+    # pairs: [1, 3] -> (-1, 1) / sqrt(2); [2, 2] and [5, 5] are constant -> 0
+    advantages = L.grpo_advantages(scores, 2, eps=0.0).tolist()
+    std = math.sqrt(2)  # [1, 3]: unbiased std
+    assert advantages[:2] == pytest.approx([-1 / std, 1 / std])
+    grouped = L.grpo_advantages(scores, 2).reshape(3, 2)
+    assert grouped.sum(dim=1).abs().max().item() < 1e-6  # zero mean per prompt
+    assert grouped[1].tolist() == [0.0, 0.0] and grouped[2].tolist() == [0.0, 0.0]
+    three = L.grpo_advantages(torch.tensor([0.0, 1.0, 2.0]), 3, eps=0.0)
+    assert three.tolist() == pytest.approx([-1.0, 0.0, 1.0])

@@ -121,3 +121,10 @@ def test_bad_sources(tmp_path):
         load_examples(_write(tmp_path, '{"text": "a"}\n', "d.jsonl"), split="test")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         load_examples(_write(tmp_path, "nope", "d.parquet"))
+
+
+def test_sst2_prefixes_are_4_to_8_words_and_no_held_out_one_is_in_train():
+    train, test = load_examples("sst2-prefixes", "train"), load_examples("sst2-prefixes", "test")
+    assert (len(train), len(test)) == (2543, 749)
+    assert all(4 <= len(e.input.split()) <= 8 and not e.references for e in train + test)
+    assert not {e.input.lower() for e in train} & {e.input.lower() for e in test}

@@ -111,3 +111,13 @@ def test_missing_predictions_file(tmp_path):
 def test_empty_prediction_is_scored_as_zero(tmp_path):
     path = _write_preds(tmp_path / "p.jsonl", [""], [["a reference"]])
     assert score_files([path])["p"]["rouge1"] == 0.0
+
+
+def test_distinct_n_by_hand():
+    from tunelab.evaluation import distinct_n
+
+    # bigrams: (a b) (b a) (a b) | (a b) -> 2 unique of 4
+    assert distinct_n(["a b a b", "A b"], 2) == 0.5
+    assert distinct_n(["one two three"], 1) == 1.0
+    assert distinct_n(["same"] * 3, 1) == pytest.approx(1 / 3)
+    assert distinct_n(["", "x"], 2) == 0.0  # no bigram at all

@@ -129,3 +129,9 @@ def test_a_pool_too_small_besides_the_row_is_an_error(pool):
         ShotSelector(pool, 0, ids=["d1"])
     with pytest.raises(PromptError, match="--shots must be >= 0"):
         ShotSelector(pool, -1)
+
+
+def test_an_empty_cue_and_instruction_leave_a_text_to_continue():
+    template = PromptTemplate(instruction="", output_label="")
+    assert template.plain_block("the film is", None) == "the film is"
+    assert PromptTemplate(instruction="", output_label="Answer:").plain_block("x", None) == "x\n\nAnswer:"

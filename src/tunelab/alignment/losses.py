@@ -1,4 +1,4 @@
-"""Pure loss maths for alignment: reward models, DPO/IPO and PPO. No models, no I/O.
+"""Pure loss maths for alignment: reward models, DPO/IPO, PPO, RLOO and GRPO. No models, no I/O.
 
 Shapes: per-sequence tensors are ``[B]``; per-token tensors are ``[B, T]`` with a 0/1
 ``mask`` marking real response tokens (padding contributes nothing anywhere).
@@ -132,6 +132,30 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         running = (delta + gamma * lam * running) * mask[:, t]
         advantages[:, t] = running
     return advantages, (advantages + values) * mask
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al., 2019; Ahmadian et al., 2024): each of the k
+    samples of a prompt is compared with the mean reward of the other k - 1.
+
+    ``rewards`` is ``[B * k]`` with each prompt's k samples next to each other; the
+    advantages sum to zero within every group."""
+    if group_size < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt (group_size >= 2)")
+    groups = rewards.reshape(-1, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (GRPO; Shao et al., 2024): each sample's score minus its
+    group's mean, divided by the group's standard deviation (unbiased, as the paper and
+    TRL do). A group whose samples all score the same has zero advantage."""
+    if group_size < 2:
+        raise ValueError("GRPO needs at least 2 samples per prompt (group_size >= 2)")
+    groups = scores.reshape(-1, group_size)
+    mean, std = groups.mean(dim=1, keepdim=True), groups.std(dim=1, keepdim=True)
+    return ((groups - mean) / (std + eps)).reshape(-1)
 
 
 @dataclass

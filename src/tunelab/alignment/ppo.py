@@ -1,11 +1,17 @@
-"""PPO with a KL penalty (``stage: ppo``), for causal and seq2seq policies.
+"""Online RL for causal and seq2seq policies: PPO with a KL penalty (``stage: ppo``),
+RLOO (``stage: rloo``) and GRPO (``stage: grpo``).
 
-Each step (Ziegler et al., 2019; Stiennon et al., 2020):
-  1. rollouts: sample responses to a batch of prompts with tunelab's batched generation;
+Each step of the engine's loop (Ziegler et al., 2019; Stiennon et al., 2020):
+  1. rollouts: sample responses to a batch of prompts with tunelab's batched generation
+     (RLOO and GRPO: ``group_size`` samples of each prompt);
   2. scoring: a reward model, a classifier's class score, or a ``module:function``;
-  3. per-token reward = -kl_coef * (log pi - log ref) plus the score at the last token;
-     GAE advantages from a scalar value head on the policy's last hidden state;
-  4. ``ppo_epochs`` passes of clipped policy + value losses over minibatches.
+  3. advantages. PPO: per-token reward = -kl_coef * (log pi - log ref) plus the score at
+     the last token, GAE on a scalar value head over the policy's last hidden state.
+     RLOO (Ahmadian et al., 2024): the sequence's score minus kl_coef x its KL, less the
+     mean of the prompt's other samples. GRPO (Shao et al., 2024): the score standardised
+     within its group, with kl_coef x KL (k3) to the reference added to the loss. Neither
+     has a value head;
+  4. ``ppo_epochs`` passes of the clipped policy loss (+ PPO's value loss) over minibatches.
 
 The reference is never a second copy for LoRA: it is the same base with the adapter
 disabled, or, when PPO continues a trained adapter (``ppo.init_adapter``, e.g. the
@@ -32,7 +38,8 @@ import torch
 from tunelab.alignment import losses as L
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
-from tunelab.files import write_json, write_jsonl
+from tunelab.alignment.policy_eval import evaluate_policy, greedy_responses, prompt_rows, score_texts
+from tunelab.files import write_json
 from tunelab.models.adapters import PEFT_CONFIG, check_safetensors
 from tunelab.training.data import fit_prompt
 from tunelab.training.engine import Trainer, TrainingError
@@ -127,26 +134,39 @@ def trim_prompt_padding(batch: dict[str, torch.Tensor], is_encoder_decoder: bool
 
 
 # -- the trainer --------------------------------------------------------------------------------
+ESTIMATORS = {"ppo": "gae", "rloo": "rloo", "grpo": "grpo"}  # stage -> how advantages are estimated
+
+
 class PPOTrainer(Trainer):
+    """``stage: ppo`` (GAE with a value head), ``rloo`` and ``grpo`` (k samples per
+    prompt, a group baseline, no value head). One step of the engine's loop is a whole
+    rollout -> score -> update; the KL coefficient and reward statistics ride in its
+    checkpoints."""
+
     def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None) -> None:
         settings = config.ppo
+        self.estimator = ESTIMATORS[config.stage]
+        self.group_size = 1 if self.estimator == "gae" else settings.group_size
         if settings.init_adapter and config.method != "lora":
             raise TunelabError("ppo.init_adapter continues a LoRA adapter: set method: lora")
         if settings.min_new_tokens > settings.max_new_tokens or settings.min_new_tokens < 1:
             raise TunelabError("ppo: need 1 <= min_new_tokens <= max_new_tokens")
-        if settings.mini_batch_size > settings.rollout_batch_size:
-            raise TunelabError("ppo: mini_batch_size must not exceed rollout_batch_size")
+        if self.estimator != "gae" and settings.group_size < 2:
+            raise TunelabError(f"stage {config.stage} compares samples of the same prompt: set ppo.group_size >= 2")
+        if settings.mini_batch_size > settings.rollout_batch_size * self.group_size:
+            raise TunelabError("ppo: mini_batch_size must not exceed the rollouts per step (rollout_batch_size x group_size)")
         if 0 < settings.hardest_prompts < settings.rollout_batch_size:
             raise TunelabError("ppo: hardest_prompts must be 0 (all prompts) or at least rollout_batch_size")
         super().__init__(config, loaded, progress=progress)
         self.reward = reward if reward is not None else self._load_reward()
-        self.value_head = ValueHead(self.model.config.hidden_size).to(self.accelerator.device)
+        self.value_head = ValueHead(self.model.config.hidden_size).to(self.accelerator.device) if self.estimator == "gae" else None
         self.reference_model = None
         if config.method != "lora" and not hasattr(self.model, "disable_adapter"):
             self.reference_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
         self.kl = (L.AdaptiveKLController(settings.kl_coef, settings.target_kl, settings.kl_horizon)
                    if settings.adaptive_kl else L.FixedKLController(settings.kl_coef))
         self.moments = L.RunningMoments()
+        self.before: dict[str, Any] | None = None
         self.model.eval()  # no dropout: rollout and update log-probs must match (KL is 0 at the start)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -174,21 +194,13 @@ class PPOTrainer(Trainer):
         return load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
-        """Prompts (token ids and text, references for ROUGE), built as for fine-tuning."""
-        room = self.config.max_length - (0 if self.loaded.is_encoder_decoder else self.config.ppo.max_new_tokens)
-        rows = []
-        for example in load_examples(data, split, input_field=self.config.input_field,
-                                     target_field=self.config.target_field, limit=limit):
-            ids = fit_prompt(example, self.builder, self.tokenizer, room)
-            if ids is None:
-                raise TunelabError(f"example '{example.id}': the prompt template alone exceeds max_length")
-            rows.append({"ids": ids, "text": self.builder.render(example, []), "references": example.references})
-        return rows
+        return prompt_rows(self.config, self.builder, self.tokenizer, self.loaded.is_encoder_decoder, data, split, limit)
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         own = super()._trainable()
-        head = self.accelerator.unwrap_model(self.value_head)
-        own.update({f"value_head.{k}": v for k, v in head.named_parameters()})
+        if self.value_head is not None:
+            head = self.accelerator.unwrap_model(self.value_head)
+            own.update({f"value_head.{k}": v for k, v in head.named_parameters()})
         return own
 
     # -- reference --------------------------------------------------------------------------------
@@ -253,57 +265,93 @@ class PPOTrainer(Trainer):
         inverse = order.argsort()
         return tuple(torch.cat(column).index_select(0, inverse) for column in zip(*parts))
 
+    def advantages(self, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                   values: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(per-token advantages, value targets or None, per-token rewards) by estimator:
+        gae: the KL penalty per token, the score at the last token, GAE on the value head;
+        rloo: the sequence's score minus kl_coef x its KL, less the other samples' mean;
+        grpo: the score standardised within its group (the KL goes into the loss)."""
+        settings = self.config.ppo
+        if self.estimator == "gae":
+            rewards = L.token_rewards(scores.to(mask.device), kl, mask, self.kl.value)
+            advantages, returns = L.gae(rewards, values, mask, settings.gamma, settings.lam)
+            return L.masked_whiten(advantages, mask), returns, rewards
+        scores = scores.to(mask.device)
+        if self.estimator == "rloo":
+            sequence = scores - self.kl.value * kl.sum(dim=1)
+            per_sequence = L.rloo_advantages(sequence, self.group_size)
+        else:
+            sequence = scores
+            per_sequence = L.grpo_advantages(scores, self.group_size)
+        rewards = torch.zeros_like(mask)
+        rewards[torch.arange(len(mask)), (mask.sum(dim=1).long() - 1).clamp(min=0)] = sequence
+        return per_sequence.unsqueeze(1) * mask, None, rewards
+
     @torch.no_grad()
     def _prepare_update(self, batch: dict[str, torch.Tensor], scores: torch.Tensor) -> dict[str, torch.Tensor]:
-        settings, mask = self.config.ppo, batch["mask"]
+        settings, mask, hidden = self.config.ppo, batch["mask"], self.value_head is not None
 
         def policy(part):
-            _, logprobs, states = self._logprobs(self.model, part, hidden=True)
-            return logprobs, self.value_head(states)
+            _, logprobs, states = self._logprobs(self.model, part, hidden=hidden)
+            return (logprobs, self.value_head(states)) if hidden else (logprobs,)
 
-        old_logprobs, old_values = self._by_length(batch, policy)
-        old_values = old_values * mask
+        old = self._by_length(batch, policy)
+        old_logprobs = old[0]
+        old_values = old[1] * mask if hidden else None
         with self._as_reference() as reference:
             (ref_logprobs,) = self._by_length(batch, lambda part: (self._logprobs(reference, part, hidden=False)[1],))
         kl = L.kl_per_token(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
-        rewards = L.token_rewards(scores.to(mask.device), kl, mask, self.kl.value)
-        advantages, returns = L.gae(rewards, old_values, mask, settings.gamma, settings.lam)
-        advantages = L.masked_whiten(advantages, mask)
-        return {**batch, "old_logprobs": old_logprobs * mask, "old_values": old_values, "advantages": advantages,
-                "returns": returns, "kl": kl, "rewards": rewards}
+        advantages, returns, rewards = self.advantages(scores, kl, mask, old_values)
+        data = {**batch, "old_logprobs": old_logprobs * mask, "advantages": advantages, "kl": kl, "rewards": rewards}
+        if hidden:
+            data.update(old_values=old_values, returns=returns)
+        if self.estimator == "grpo":
+            data["ref_logprobs"] = ref_logprobs * mask
+        return data
+
+    def _minibatch_loss(self, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        settings, mask = self.config.ppo, part["mask"]
+        hidden = self.value_head is not None
+        logits, logprobs, states = self._logprobs(self.model, part, hidden=hidden)
+        policy = L.ppo_policy_loss(logprobs, part["old_logprobs"], part["advantages"], mask, settings.clip_range)
+        loss, stats = policy.loss, {"policy_loss": policy.loss, "clip_fraction": policy.clip_fraction, "approx_kl": policy.approx_kl}
+        if hidden:
+            value_loss, value_clip = L.ppo_value_loss(self.value_head(states), part["old_values"], part["returns"], mask,
+                                                      settings.clip_range_value)
+            loss = loss + settings.vf_coef * value_loss
+            stats.update(value_loss=value_loss, value_clip_fraction=value_clip)
+        if self.estimator == "grpo":  # GRPO's KL to the reference, in the loss (k3: non-negative per token)
+            kl_loss = L.masked_mean(L.kl_per_token(logprobs, part["ref_logprobs"], "k3"), mask)
+            loss = loss + self.kl.value * kl_loss
+            stats["kl_loss"] = kl_loss
+        with torch.no_grad():
+            stats["entropy"] = L.masked_mean(L.entropy_from_logits(logits), mask)
+        return loss, stats
 
     def _update(self, data: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         settings = self.config.ppo
         size = data["mask"].shape[0]
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl", "entropy")}
+        stats: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + step)  # minibatch order, replayable
         for _ in range(settings.ppo_epochs):
             order = torch.randperm(size, generator=generator)
             for start in range(0, size, settings.mini_batch_size):
                 part = _select(data, order[start : start + settings.mini_batch_size].to(data["mask"].device))
-                part = trim_prompt_padding(part, self.loaded.is_encoder_decoder)
-                mask = part["mask"]
-                logits, logprobs, states = self._logprobs(self.model, part, hidden=True)
-                values = self.value_head(states)
-                policy = L.ppo_policy_loss(logprobs, part["old_logprobs"], part["advantages"], mask, settings.clip_range)
-                value_loss, value_clip = L.ppo_value_loss(values, part["old_values"], part["returns"], mask, settings.clip_range_value)
-                loss = policy.loss + settings.vf_coef * value_loss
+                loss, terms = self._minibatch_loss(trim_prompt_padding(part, self.loaded.is_encoder_decoder))
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"the PPO loss became {loss.item()}; lower learning_rate or check the reward")
+                    raise TrainingError(f"the {self.config.stage} loss became {loss.item()}; lower learning_rate or check the reward")
                 self.accelerator.backward(loss)
                 if self.config.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self._params, self.config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-                with torch.no_grad():
-                    entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
-                for key, value in (("policy_loss", policy.loss), ("value_loss", value_loss), ("clip_fraction", policy.clip_fraction),
-                                   ("value_clip_fraction", value_clip), ("approx_kl", policy.approx_kl), ("entropy", entropy)):
-                    stats[key].append(float(value.detach()))
+                for key, value in terms.items():
+                    stats.setdefault(key, []).append(float(value.detach()))
         self.scheduler.step()
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def ppo_step(self, rows: list[dict[str, Any]], step: int) -> dict[str, float]:
+        """One rollout -> score -> update on ``rows`` (each prompt group_size times)."""
         responses, texts, generation_seconds = self.rollout(rows, step)
         started = time.perf_counter()
         raw_scores, scores = self._score(rows, texts, responses)
@@ -329,7 +377,7 @@ class PPOTrainer(Trainer):
         self.kl.update(record["kl"], len(rows))
         return record
 
-    # -- the loop ---------------------------------------------------------------------------------
+    # -- the engine's hooks ---------------------------------------------------------------------
     def total_steps(self) -> int:
         if self.config.max_steps > 0:
             return self.config.max_steps
@@ -344,62 +392,61 @@ class PPOTrainer(Trainer):
         random.Random(self.config.seed * 100_003 + state["epoch"]).shuffle(order)
         picked = order[state["batch"] : state["batch"] + size]
         state["batch"] += size
-        return [self.rows[i] for i in picked]
+        return [self.rows[i] for i in picked for _ in range(self.group_size)]
 
-    def train(self, resume: bool = False) -> Any:
-        from tqdm.auto import tqdm
-        from transformers import get_scheduler
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        head = list(self.value_head.parameters()) if self.value_head is not None else []
+        return super().trainable_parameters() + head
 
-        from tunelab.training.engine import TrainResult
-
-        config, settings = self.config, self.config.ppo
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._keep_hardest(resume)
-        if len(self.rows) < settings.rollout_batch_size:
-            raise TunelabError(f"ppo: {len(self.rows)} prompts, fewer than rollout_batch_size={settings.rollout_batch_size}")
-        total = self.total_steps()
-        self._params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.scheduler = get_scheduler(config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total),
-                                       num_training_steps=total)
+    def prepare_for_training(self) -> None:
+        if self.value_head is None:
+            return super().prepare_for_training()
         # the value head goes through accelerate too, so its gradients are averaged across processes
         self.model, self.value_head, self.optimizer = self.accelerator.prepare(self.model, self.value_head, self.optimizer)
-        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0}
+
+    def train(self, resume: bool = False) -> Any:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._keep_hardest(resume)  # before the engine counts steps: it may shrink the prompts
+        if len(self.rows) < self.config.ppo.rollout_batch_size:
+            raise TunelabError(f"{self.config.stage}: {len(self.rows)} prompts, fewer than rollout_batch_size={self.config.ppo.rollout_batch_size}")
+        return super().train(resume)
+
+    def on_train_begin(self, resume: bool) -> None:
         if resume:
-            state = self.load_checkpoint()
-            self.kl.value = state.pop("kl_coef")
-            self.moments.load_state_dict(state.pop("reward_moments"))
-            before = _read_json(self.output_dir / "eval_before.json")
-        else:
-            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            write_json(self.output_dir / "config.json", asdict(config))
-            before = self.evaluate_policy("before") if self.eval_rows else None
-            if before is not None:
-                write_json(self.output_dir / "eval_before.json", before)
-        started = time.perf_counter() - state["elapsed"]
-        bar = tqdm(total=total, initial=state["step"], desc="ppo", unit="step",
-                   disable=not (self.progress and self.accelerator.is_main_process))
-        while state["step"] < total:
-            record = self.ppo_step(self._step_rows(state), state["step"])
-            state["step"] += 1
-            state["tokens"] += int(record["response_length"] * settings.rollout_batch_size)
-            state["elapsed"] = time.perf_counter() - started
-            self.log({"step": state["step"], **record, "lr": self.scheduler.get_last_lr()[0], "elapsed": round(state["elapsed"], 2)})
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")
-            if record["kl"] > settings.max_kl:
-                self._stop_on_kl(record["kl"], state)
-            if config.save_steps and state["step"] % config.save_steps == 0 and self.accelerator.is_main_process:
-                self.save_checkpoint({**state, "kl_coef": self.kl.value, "reward_moments": self.moments.state_dict()})
-        bar.close()
+            self.before = _read_json(self.output_dir / "eval_before.json")
+        elif self.eval_rows:
+            self.before = self.evaluate_policy("before")
+            if self.accelerator.is_main_process:
+                write_json(self.output_dir / "eval_before.json", self.before)
+
+    def training_step(self, state: dict[str, Any]) -> dict[str, float]:
+        rows = self._step_rows(state)
+        record = self.ppo_step(rows, state["step"])
+        state["tokens"] += int(record["response_length"] * len(rows))
+        return record
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl.value, "reward_moments": self.moments.state_dict()}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.kl.value = state.pop("kl_coef")
+        self.moments.load_state_dict(state.pop("reward_moments"))
+
+    def progress_postfix(self, record: dict[str, float]) -> dict[str, str]:
+        return {"reward": f"{record['reward']:.3f}", "kl": f"{record['kl']:.2f}"}
+
+    def after_step(self, state: dict[str, Any], record: dict[str, float]) -> None:
+        if record["kl"] > self.config.ppo.max_kl:
+            self._stop_on_kl(record["kl"], state)
+
+    def on_train_end(self, result: Any) -> Any:
         after = self.evaluate_policy("after") if self.eval_rows else None
-        result = self._finish(state)
-        if before is not None and after is not None and self.accelerator.is_main_process:
-            comparison = {"before": before, "after": after}
+        if self.before is not None and after is not None and self.accelerator.is_main_process:
+            comparison = {"before": self.before, "after": after}
             write_json(self.output_dir / "eval.json", comparison)
             result.summary["eval"] = comparison
             write_json(self.output_dir / "summary.json", result.summary)
-        return TrainResult(result.output_dir, result.artifact, result.steps, result.summary)
+        return result
 
     def _stop_on_kl(self, kl: float, state: dict[str, Any]) -> None:
         latest = self.output_dir / "checkpoints" / "latest"
@@ -411,7 +458,7 @@ class PPOTrainer(Trainer):
         )
 
     def evaluate(self) -> dict[str, float]:
-        return {}  # PPO's held-out evaluation generates: see evaluate_policy
+        return {}  # the held-out evaluation of a policy generates: see evaluate_policy
 
     def save_artifact(self, model: Any, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -421,14 +468,16 @@ class PPOTrainer(Trainer):
             self.tokenizer.save_pretrained(folder)
         else:
             super().save_artifact(model, folder)
-        head = self.accelerator.unwrap_model(self.value_head)
-        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(folder / VALUE_HEAD_FILE))
+        if self.value_head is not None:
+            head = self.accelerator.unwrap_model(self.value_head)
+            save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(folder / VALUE_HEAD_FILE))
 
     def plot(self) -> None:
         from tunelab.training.plot import plot_series
 
-        plot_series(self.output_dir / "metrics.jsonl", self.output_dir / "ppo.png", ["reward", "kl", "entropy", "value_loss"],
-                    title=f"PPO on {self.config.data}")
+        last = "value_loss" if self.value_head is not None else "approx_kl"
+        plot_series(self.output_dir / "metrics.jsonl", self.output_dir / f"{self.config.stage}.png",
+                    ["reward", "kl", "entropy", last], title=f"{self.config.stage.upper()} on {self.config.data}")
 
     def _keep_hardest(self, resume: bool) -> None:
         """ppo.hardest_prompts: keep the training prompts whose greedy response scores
@@ -439,57 +488,27 @@ class PPOTrainer(Trainer):
         path = self.output_dir / "hardest_prompts.json"
         chosen = (_read_json(path) or {}).get("indices") if resume else None
         if chosen is None:
-            texts, scores = self._greedy_scores(self.rows, "finding the hardest prompts")
+            texts, tokens = greedy_responses(self.accelerator.unwrap_model(self.model), self.tokenizer,
+                                             [r["ids"] for r in self.rows], self.config.ppo.max_new_tokens,
+                                             progress=self.progress, desc="finding the hardest prompts")
+            scores = score_texts(self.reward, [r["text"] for r in self.rows], texts, tokens).scores
             chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:count]
             if self.accelerator.is_main_process:
                 write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
                                    "scores": [scores[i] for i in chosen], "responses": [texts[i] for i in chosen]})
         self.rows = [self.rows[i] for i in chosen]
 
-    @torch.no_grad()
-    def _greedy_scores(self, rows: list[dict[str, Any]], desc: str) -> tuple[list[str], list[float]]:
-        """Greedy responses to ``rows`` and their un-normalised scores."""
-        from tunelab.generation import GenerationSettings
-        from tunelab.generation.batched import generate_from_ids
-
-        settings = GenerationSettings(max_new_tokens=self.config.ppo.max_new_tokens, batch_size=16)
-        outputs = generate_from_ids(self.accelerator.unwrap_model(self.model), self.tokenizer, [r["ids"] for r in rows],
-                                    settings, progress=self.progress, desc=desc)
-        texts = [o.text for o in outputs]
-        reward = getattr(self.reward, "reward", self.reward)  # un-normalised
-        return texts, torch.as_tensor(reward([r["text"] for r in rows], texts), dtype=torch.float).tolist()
-
-    # -- held-out evaluation ------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate_policy(self, name: str) -> dict[str, Any]:
-        """Greedy responses to the held-out prompts: reward mean and std, toxicity (for a
-        classifier reward: 1 - P(rewarded class)), ROUGE when references exist."""
-        rows = self.eval_rows
-        texts, scores = self._greedy_scores(rows, f"eval ({name})")
-        prompts = [r["text"] for r in rows]
-        reward = getattr(self.reward, "reward", self.reward)
-        result: dict[str, Any] = {"n": len(rows), "reward_mean": statistics.fmean(scores),
-                                  "reward_std": statistics.pstdev(scores)}
-        toxicity = None
-        if hasattr(reward, "logits") and len(reward.labels) > 1:
-            probability = reward.logits(prompts, texts).softmax(-1)[:, reward.label_index]
-            toxicity = (1 - probability).tolist()
-            result.update(toxicity_mean=statistics.fmean(toxicity), toxicity_std=statistics.pstdev(toxicity))
-        if self.accelerator.is_main_process:  # every response, to see what changed where
-            records = [{"index": i, "response": text, "score": score} for i, (text, score) in enumerate(zip(texts, scores))]
-            for record, value in zip(records, toxicity or []):
-                record["toxicity"] = value
-            write_jsonl(self.output_dir / f"eval_{name}.jsonl", records)
-        if all(r["references"] for r in rows):
-            from tunelab.evaluation import rouge
-
-            result.update({k: v for k, v in rouge(texts, [r["references"] for r in rows]).items()})
-        result["samples"] = texts[:5]
-        return result
+        """Greedy responses to the held-out prompts, scored (alignment/policy_eval.py);
+        every response goes to eval_<name>.jsonl."""
+        output = self.output_dir / f"eval_{name}.jsonl" if self.accelerator.is_main_process else None
+        return evaluate_policy(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_rows, self.reward,
+                               max_new_tokens=self.config.ppo.max_new_tokens, output=output, progress=self.progress,
+                               desc=f"eval ({name})")
 
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-__all__ = ["PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch", "trim_prompt_padding"]
+__all__ = ["ESTIMATORS", "PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch", "trim_prompt_padding"]

@@ -30,7 +30,8 @@ class ClassifierSettings:
 
 @dataclass
 class PPOSettings:
-    """``stage: ppo`` (alignment/ppo.py): reward, rollouts, KL penalty, clipped updates."""
+    """``stage: ppo``, ``rloo`` and ``grpo`` (alignment/ppo.py): reward, rollouts, KL
+    penalty, clipped updates. RLOO and GRPO read the same section (and group_size)."""
 
     reward: str = field(default="", metadata={"help": "Reward: a reward model or classifier folder (tunelab train output), or module:function taking (prompts, responses)."})
     reward_output: str = field(default="logit", metadata={"help": "For a classifier: the reward is the chosen class's logit, probability or log_probability (the last focuses on the texts the classifier doubts)."})
@@ -39,7 +40,8 @@ class PPOSettings:
     length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token (0 = none)."})
     hardest_prompts: int = field(default=0, metadata={"help": "Train on the N training prompts whose greedy response the reward scores lowest, found before training among the `limit` loaded (0 = train on all): rollouts go where there is something to correct, e.g. the few summaries a toxicity classifier doubts."})
     init_adapter: str | None = field(default=None, metadata={"help": "Continue a trained LoRA adapter (e.g. the DialogSum summarizer); it is also the reference."})
-    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per PPO step (the course: 16)."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per step (the course: 16)."})
+    group_size: int = field(default=4, metadata={"help": "RLOO and GRPO: samples per prompt, compared with each other (so a step has rollout_batch_size x group_size rollouts); PPO samples one."})
     mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step inside a PPO epoch."})
     ppo_epochs: int = field(default=1, metadata={"help": "Passes over each step's rollouts (Schulman et al.: 3-10; the course: 1)."})
     min_new_tokens: int = field(default=40, metadata={"help": "Response length range: each step's length limit is drawn from [min_new_tokens, max_new_tokens]."})
@@ -47,7 +49,7 @@ class PPOSettings:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts (log-probs use the same)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling for rollouts (0 = the whole vocabulary, so log-probs are the policy's)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for rollouts."})
-    kl_coef: float = field(default=0.2, metadata={"help": "Initial KL penalty coefficient (Ziegler et al.: 0.2)."})
+    kl_coef: float = field(default=0.2, metadata={"help": "KL coefficient (Ziegler et al.: 0.2): PPO and RLOO subtract it x KL from the reward, GRPO adds it x KL to the loss (the paper: 0.04)."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt the coefficient so the KL tracks target_kl (Ziegler et al.)."})
     target_kl: float = field(default=6.0, metadata={"help": "Adaptive KL target (nats per response)."})
     kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (Ziegler et al.: 10000)."})

@@ -49,6 +49,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         splits={"train": "sst2/train.tsv", "test": "sst2/test.tsv"}, default_split="test", pool_split="train",
         description="SST-2 sentiment (sentence, label 0/1): train 6,735 rows (a GLUE train slice), test 872 (GLUE dev)",
     ),
+    "sst2-prefixes": BuiltinDataset(
+        splits={"train": "sst2/prefixes.train.jsonl", "test": "sst2/prefixes.test.jsonl"}, default_split="test",
+        pool_split="train",
+        description="The first 4-8 words of SST-2 sentences of 10+ words (prompts for sentiment control; "
+        "scripts/make_sst2_prefixes.py): train 2,543, test 749, none shared",
+    ),
     **{
         name: BuiltinDataset(
             splits={"train": f"superglue/{name}.train.jsonl", "val": f"superglue/{name}.val.jsonl"},

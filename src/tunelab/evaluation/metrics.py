@@ -73,3 +73,11 @@ def score(predictions: Sequence[str], references: Sequence[Sequence[str]], multi
     if any(not refs for refs in references):
         raise ValueError("every prediction needs at least one reference")
     return {**rouge(predictions, references, multi_ref), **bleu_chrf(predictions, references), "n": len(predictions)}
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): unique word n-grams over all n-grams, across every
+    text together. A policy that collapses onto one phrase scores near 0; varied text
+    near 1. Words are whitespace-split and lower-cased. No n-grams at all gives 0."""
+    grams = [tuple(words[i : i + n]) for words in (t.lower().split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

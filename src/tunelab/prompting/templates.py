@@ -57,7 +57,8 @@ class PromptTemplate:
         return f"{self.instruction}\n\n{example_input}" if self.instruction else example_input
 
     def plain_block(self, example_input: str, answer: str | None) -> str:
-        block = f"{self.user_text(example_input)}\n\n{self.output_label}"
+        # an empty cue (and no instruction) leaves the input itself: a text to continue
+        block = f"{self.user_text(example_input)}\n\n{self.output_label}" if self.output_label else self.user_text(example_input)
         return f"{block} {answer}" if answer is not None else block
 
 

@@ -70,6 +70,14 @@ def tokenize_examples(
     return rows, truncated
 
 
+def completion_row(prompt_ids: list[int], completion_ids: list[int], is_encoder_decoder: bool) -> dict[str, list[int]]:
+    """A training row from token ids already made (e.g. a sampled response): the loss
+    falls on the completion only."""
+    if is_encoder_decoder:
+        return {"input_ids": list(prompt_ids), "labels": list(completion_ids)}
+    return {"input_ids": list(prompt_ids) + list(completion_ids), "labels": [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)}
+
+
 def row_length(row: dict[str, list[int]]) -> int:
     return len(row["input_ids"]) + (len(row["labels"]) if len(row["labels"]) != len(row["input_ids"]) else 0)
 

@@ -53,6 +53,8 @@ class TrainResult:
 def _prompt_builder(config: TrainConfig, loaded: Any, instruction: str | None = None) -> PromptBuilder:
     instruction = config.instruction if instruction is None else instruction
     template = PromptTemplate() if instruction is None else PromptTemplate(instruction=instruction, output_label="Answer:")
+    if config.output_label is not None:
+        template.output_label = config.output_label
     return PromptBuilder(
         loaded.tokenizer,
         template,
@@ -289,6 +291,65 @@ class Trainer:
         return {f"eval_{k}": v for k, v in scores.items()}
 
     # -- the loop -----------------------------------------------------------------------
+    # One loop for every stage. A stage changes what one optimizer step is
+    # (``training_step``) and adds its own state to checkpoints (``checkpoint_state`` /
+    # ``restore_checkpoint_state``); online RL (alignment/ppo.py) does a whole
+    # rollout -> score -> update in one step.
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def prepare_for_training(self) -> None:
+        """Wrap what trains for accelerate (after the optimizer exists)."""
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    def on_train_begin(self, resume: bool) -> None:
+        """Before the first step (and after a resumed run's checkpoint is read)."""
+
+    def training_step(self, state: dict[str, Any]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; moves ``state``'s data
+        position and token count on, and returns what to log (``loss`` first)."""
+        while True:
+            batches = self._batches_of_epoch(state["epoch"])
+            if state["batch"] >= len(batches):
+                state["epoch"], state["batch"] = state["epoch"] + 1, 0
+                continue
+            batch = self._batch(batches[state["batch"]], self.rows)
+            with self.accelerator.accumulate(self.model):
+                loss = self.loss(batch)
+                if not torch.isfinite(loss):
+                    self._stop_on_bad_loss(loss, state)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(self._params, self.config.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step() if self.accelerator.sync_gradients else None
+                self.optimizer.zero_grad()
+            state["tokens"] += self.count_tokens(batch)
+            state["batch"] += 1
+            if self.accelerator.sync_gradients:
+                return {"loss": loss.item(), **self.step_metrics}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """A stage's own state, saved in every checkpoint's state.json (JSON values)."""
+        return {}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Take back what ``checkpoint_state`` saved (pop its keys from ``state``)."""
+
+    def after_step(self, state: dict[str, Any], record: dict[str, float]) -> None:
+        """After a step is logged, before its checkpoint (e.g. stop on a runaway KL)."""
+
+    def progress_postfix(self, record: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{record['loss']:.4f}"}
+
+    def on_train_end(self, result: TrainResult) -> TrainResult:
+        return result
+
+    def _batches_of_epoch(self, epoch: int) -> list[list[int]]:
+        if getattr(self, "_epoch_cache", (None,))[0] != epoch:
+            self._epoch_cache = (epoch, self._epoch_batches(epoch))
+        return self._epoch_cache[1]
+
     def train(self, resume: bool = False) -> TrainResult:
         from tqdm.auto import tqdm
         from transformers import get_scheduler
@@ -296,65 +357,45 @@ class Trainer:
         config = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
         total = self.total_steps()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        self._params = self.trainable_parameters()
+        if not self._params:
             raise TrainingError(f"method '{config.method}' left no parameter trainable")
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = get_scheduler(
             config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
         )
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.prepare_for_training()
         state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0}
         if resume:
             state = self.load_checkpoint()
+            self.restore_checkpoint_state(state)
         else:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             write_json(self.output_dir / "config.json", asdict(config))
+        self.on_train_begin(resume)
         started = time.perf_counter() - state["elapsed"]
-        bar = tqdm(total=total, initial=state["step"], desc=f"train {config.method}", unit="step",
+        bar = tqdm(total=total, initial=state["step"], desc=f"{config.stage} {config.method}", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
-        micro = 0
         while state["step"] < total:
-            batches = self._epoch_batches(state["epoch"])
-            for index in range(state["batch"], len(batches)):
-                batch = self._batch(batches[index], self.rows)
-                with self.accelerator.accumulate(self.model):
-                    loss = self.loss(batch)
-                    if not torch.isfinite(loss):
-                        self._stop_on_bad_loss(loss, state)
-                    self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients and config.max_grad_norm > 0:
-                        self.accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step() if self.accelerator.sync_gradients else None
-                    self.optimizer.zero_grad()
-                micro += 1
-                state["tokens"] += self.count_tokens(batch)
-                state["batch"] = index + 1
-                if not self.accelerator.sync_gradients:
-                    continue
-                state["step"] += 1
-                state["elapsed"] = time.perf_counter() - started
-                self._after_step(state, loss.item(), bar)
-                if state["step"] >= total:
-                    break
-            else:
-                state["epoch"] += 1
-                state["batch"] = 0
+            record = self.training_step(state)
+            state["step"] += 1
+            state["elapsed"] = time.perf_counter() - started
+            self._after_step(state, record, bar)
         bar.close()
-        return self._finish(state)
+        return self.on_train_end(self._finish(state))
 
-    def _after_step(self, state: dict[str, Any], loss: float, bar: Any) -> None:
+    def _after_step(self, state: dict[str, Any], record: dict[str, float], bar: Any) -> None:
         config = self.config
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(self.progress_postfix(record))
         if state["step"] % config.logging_steps == 0:
-            self.log({"step": state["step"], "epoch": state["epoch"], "loss": loss, **self.step_metrics,
+            self.log({"step": state["step"], "epoch": state["epoch"], **record,
                       "lr": self.scheduler.get_last_lr()[0], "tokens": state["tokens"], "elapsed": round(state["elapsed"], 2)})
         if config.eval_steps and self.eval_rows and state["step"] % config.eval_steps == 0:
             self.log({"step": state["step"], **self.evaluate()})
+        self.after_step(state, record)
         if config.save_steps and state["step"] % config.save_steps == 0 and self.accelerator.is_main_process:
-            self.save_checkpoint(state)
+            self.save_checkpoint({**state, **self.checkpoint_state()})
         self.accelerator.wait_for_everyone()
 
     def _stop_on_bad_loss(self, loss: torch.Tensor, state: dict[str, Any]) -> None:

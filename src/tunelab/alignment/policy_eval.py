@@ -1,0 +1,117 @@
+"""Held-out evaluation of a policy, shared by every online method (PPO, RLOO, GRPO) and
+by best-of-n: greedy responses to held-out prompts, scored by the run's reward.
+
+The summary holds what shows whether alignment worked without reward hacking: the
+reward, the probability of the rewarded class (for a classifier reward), response
+length in tokens, distinct-2 (collapse onto one phrase shows as a drop) and ROUGE when
+the prompts have references. Every response with its scores goes to a JSONL file.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tunelab.data import load_examples
+from tunelab.errors import TunelabError
+from tunelab.evaluation import distinct_n, rouge
+from tunelab.files import write_jsonl
+from tunelab.training.data import fit_prompt
+
+
+def prompt_rows(config: Any, builder: Any, tokenizer: Any, is_encoder_decoder: bool, data: str, split: str | None,
+                limit: int | None) -> list[dict[str, Any]]:
+    """Prompts for an online method: token ids (room left for ``ppo.max_new_tokens`` in a
+    decoder-only model), the rendered text the reward sees, and references for ROUGE;
+    built as for fine-tuning, so a policy is evaluated on the text it was trained with."""
+    room = config.max_length - (0 if is_encoder_decoder else config.ppo.max_new_tokens)
+    rows = []
+    for example in load_examples(data, split, input_field=config.input_field, target_field=config.target_field, limit=limit):
+        ids = fit_prompt(example, builder, tokenizer, room)
+        if ids is None:
+            raise TunelabError(f"example '{example.id}': the prompt template alone exceeds max_length")
+        rows.append({"ids": ids, "text": builder.render(example, []), "references": example.references})
+    return rows
+
+
+@dataclass
+class ScoredTexts:
+    """Responses with their scores; ``label_probability`` for a classifier reward."""
+
+    texts: list[str]
+    tokens: list[int]
+    scores: list[float]
+    label_probability: list[float] | None = None
+
+
+def score_texts(reward: Any, prompts: Sequence[str], texts: list[str], tokens: list[int]) -> ScoredTexts:
+    scores = torch.as_tensor(reward(list(prompts), texts), dtype=torch.float).tolist()
+    probability = None
+    if hasattr(reward, "logits") and len(getattr(reward, "labels", [])) > 1:
+        probability = reward.logits(list(prompts), texts).softmax(-1)[:, reward.label_index].tolist()
+    return ScoredTexts(texts, tokens, scores, probability)
+
+
+@torch.no_grad()
+def greedy_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
+                     batch_size: int = 16, progress: bool = False, desc: str = "eval") -> tuple[list[str], list[int]]:
+    """Greedy responses (text, token count) to tokenized prompts."""
+    from tunelab.generation import GenerationSettings
+    from tunelab.generation.batched import generate_from_ids
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    outputs = generate_from_ids(model, tokenizer, prompt_ids, settings, progress=progress, desc=desc)
+    return [o.text for o in outputs], [len(o.token_ids) for o in outputs]
+
+
+def summarise(scored: ScoredTexts, references: Sequence[Sequence[str]] | None = None, label: str | None = None) -> dict[str, Any]:
+    """The numbers eval.json holds for one policy."""
+    result: dict[str, Any] = {
+        "n": len(scored.texts),
+        "reward_mean": statistics.fmean(scored.scores),
+        "reward_std": statistics.pstdev(scored.scores),
+    }
+    if scored.label_probability is not None:
+        result.update(label=label, label_probability_mean=statistics.fmean(scored.label_probability),
+                      label_probability_std=statistics.pstdev(scored.label_probability),
+                      label_probability_over_half=sum(p > 0.5 for p in scored.label_probability) / len(scored.texts))
+    result.update(response_tokens_mean=statistics.fmean(scored.tokens),
+                  empty_responses=sum(not t.strip() for t in scored.texts),
+                  distinct_1=distinct_n(scored.texts, 1), distinct_2=distinct_n(scored.texts, 2))
+    if references and all(references):
+        result.update(rouge(scored.texts, list(references)))
+    result["samples"] = scored.texts[:5]
+    return result
+
+
+def write_responses(path: Path, prompts: Sequence[str], scored: ScoredTexts) -> None:
+    """Every held-out response with its scores, to see what changed where."""
+    records = []
+    for i, (prompt, text, tokens, score) in enumerate(zip(prompts, scored.texts, scored.tokens, scored.scores)):
+        record = {"index": i, "prompt": prompt, "response": text, "tokens": tokens, "score": score}
+        if scored.label_probability is not None:
+            record["label_probability"] = scored.label_probability[i]
+        records.append(record)
+    write_jsonl(path, records)
+
+
+def evaluate_policy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], reward: Any, *, max_new_tokens: int,
+                    output: Path | None = None, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+    """Greedy responses to ``rows`` (each with 'ids', 'text' and 'references'), scored
+    and summarised; with ``output``, every response is written there as JSONL."""
+    texts, tokens = greedy_responses(model, tokenizer, [r["ids"] for r in rows], max_new_tokens, progress=progress, desc=desc)
+    prompts = [r["text"] for r in rows]
+    scored = score_texts(reward, prompts, texts, tokens)
+    if output is not None:
+        write_responses(output, prompts, scored)
+    label = None
+    if scored.label_probability is not None:
+        label = reward.labels[reward.label_index]
+    return summarise(scored, [r.get("references") or [] for r in rows], label)
+
+
+__all__ = ["ScoredTexts", "evaluate_policy", "greedy_responses", "prompt_rows", "score_texts", "summarise", "write_responses"]
