@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import DATA_ROWS
 
-from tests.alignment.test_ppo import count_reward, frozen_reference, metrics, ppo_config, toy
+from tests.alignment.test_ppo import count_reward, frozen_reference, metrics, ppo_config, resume_after_a_crash, toy
 from tunelab.alignment.ppo import PPOTrainer
 
 
@@ -70,20 +70,7 @@ def test_kill_and_resume_gives_the_same_weights(stage, tiny_llama_dir, dialog_fi
     straight.config.save_steps = 2
     straight.train()
     config = group_config(stage, tiny_llama_dir, dialog_file, tmp_path / "b", **settings)
-    config.save_steps = 2
-    original = PPOTrainer.ppo_step
-
-    def crash_at_step_4(self, rows, step):
-        if step == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, rows, step)
-
-    monkeypatch.setattr(PPOTrainer, "ppo_step", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        PPOTrainer(config, reward=count_reward(target), progress=False).train()
-    monkeypatch.setattr(PPOTrainer, "ppo_step", original)
-    resumed = PPOTrainer(config, reward=count_reward(target), progress=False)
-    resumed.train(resume=True)
+    resumed = resume_after_a_crash(config, 3, count_reward(target), monkeypatch)
     assert resumed.kl.value == pytest.approx(straight.kl.value)
     assert resumed.moments.state_dict() == straight.moments.state_dict()
     expected = straight._trainable()

@@ -102,6 +102,26 @@ def test_policy_log_probs_ignore_padding(tiny_model, tmp_path):
     assert hidden.shape[:2] == batch["responses"].shape
 
 
+def resume_after_a_crash(config, crash_at_step, reward, monkeypatch):
+    """Train ``config`` (checkpoints every 2 steps), kill it as step ``crash_at_step`` + 1
+    starts, then resume it to the end; returns the resumed trainer."""
+    config.save_steps = 2
+    original = PPOTrainer.ppo_step
+
+    def crash(self, rows, step):
+        if step == crash_at_step:
+            raise KeyboardInterrupt("killed")
+        return original(self, rows, step)
+
+    monkeypatch.setattr(PPOTrainer, "ppo_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        PPOTrainer(config, reward=reward, progress=False).train()
+    monkeypatch.setattr(PPOTrainer, "ppo_step", original)
+    resumed = PPOTrainer(config, reward=reward, progress=False)
+    resumed.train(resume=True)
+    return resumed
+
+
 def test_kill_and_resume_gives_the_same_weights(tiny_llama_dir, dialog_file, tmp_path, monkeypatch):
     """With adaptive KL and reward normalisation, whose running state rides in the checkpoint."""
     target, _ = toy(tiny_llama_dir)
@@ -114,20 +134,7 @@ def test_kill_and_resume_gives_the_same_weights(tiny_llama_dir, dialog_file, tmp
 
     config = ppo_config(tiny_llama_dir, dialog_file, tmp_path / "b", steps=6, kl_coef=0.1, adaptive_kl=True,
                         normalize_reward=True)
-    config.save_steps = 2
-    original = PPOTrainer.ppo_step
-
-    def crash_at_step_5(self, rows, step):
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self, rows, step)
-
-    monkeypatch.setattr(PPOTrainer, "ppo_step", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        PPOTrainer(config, reward=count_reward(target), progress=False).train()
-    monkeypatch.setattr(PPOTrainer, "ppo_step", original)
-    resumed = PPOTrainer(config, reward=count_reward(target), progress=False)
-    resumed.train(resume=True)
+    resumed = resume_after_a_crash(config, 4, count_reward(target), monkeypatch)
     assert resumed.kl.value == pytest.approx(straight.kl.value)
     assert resumed.moments.state_dict() == straight.moments.state_dict() and straight.moments.count == 6 * 6
     logged = metrics(straight)
