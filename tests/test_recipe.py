@@ -44,6 +44,7 @@ def test_shipped_recipes_are_valid():
         "reward", "classifier", "ppo", "dpo")
     assert [stages[f"sentiment-{m}"] for m in ("ppo", "rloo", "grpo", "best-of-n")] == ["ppo", "rloo", "grpo", "rejection-sampling"]
     assert stages["sst2-sentiment-classifier"] == "classifier"
+    assert (stages["redteam-detox-ppo"], stages["redteam-detox-rloo"]) == ("ppo", "rloo")
 
 
 def test_reading_and_checking_a_recipe_imports_no_torch():

@@ -143,6 +143,23 @@ def _reward_parser(sub) -> None:
     evaluate.add_argument("--split", help="split of a built-in dataset (hh-rlhf: train or test)")
     evaluate.add_argument("--limit", type=int, help="first N pairs only")
     evaluate.add_argument("--out", type=Path, help="write the metrics as JSON")
+    calibrate = actions.add_parser(
+        "calibrate", help="fit a classifier's temperature on a validation slice; held-out ECE before and after",
+        description="Temperature scaling (Guo et al., 2017): fit T on labelled validation rows, save it in the "
+        "classifier folder (its probabilities use it from then on), and report held-out accuracy, NLL, ECE "
+        "(10 and 1 equal-mass bins), Brier score and per-class F1 before and after.")
+    calibrate.add_argument("--model", required=True, help="classifier folder (tunelab train output)")
+    calibrate.add_argument("--data", required=True, help="labelled rows (CSV/JSONL) or a built-in dataset, e.g. davidson")
+    calibrate.add_argument("--split", help="split of a built-in dataset to take the validation slice from")
+    calibrate.add_argument("--skip", type=int, default=0,
+                           help="skip the first N rows (those the classifier was trained on, e.g. its recipe's limit)")
+    calibrate.add_argument("--limit", type=int, default=1000, help="validation rows after the skipped ones")
+    calibrate.add_argument("--eval-data", required=True, help="held-out labelled rows or a built-in dataset")
+    calibrate.add_argument("--eval-split", help="split of a built-in held-out dataset, e.g. test")
+    calibrate.add_argument("--eval-limit", type=int, help="first N held-out rows only")
+    calibrate.add_argument("--text-field", default="tweet", help="column holding the text")
+    calibrate.add_argument("--label-field", default="class", help="column holding the label (index or class name)")
+    calibrate.add_argument("--out", type=Path, help="also write the report as JSON")
 
 
 def _label_parser(sub) -> None:
@@ -380,10 +397,36 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from tunelab.alignment.reward import ModelScorer, calibrate_classifier, load_labelled
+    from tunelab.alignment.settings import ClassifierSettings
+    from tunelab.errors import TunelabError
+    from tunelab.files import write_json
+
+    scorer = ModelScorer(args.model, calibrated=False)
+    if len(scorer.labels) < 2:
+        raise TunelabError(f"{args.model}: a reward model has one output, nothing to calibrate (a classifier has classes)")
+    fields = ClassifierSettings(text_field=args.text_field, label_field=args.label_field, labels=scorer.labels)
+    validation = load_labelled(args.data, args.split, fields, args.skip + args.limit)[args.skip:]
+    if not validation:
+        raise TunelabError(f"{args.data}: no rows after skipping {args.skip}")
+    held_out = load_labelled(args.eval_data, args.eval_split, fields, args.eval_limit)
+    report = calibrate_classifier(scorer, validation, held_out)
+    print(f"temperature {report['temperature']:.3f} (fitted on {len(validation)} rows); {len(held_out)} held-out rows:")
+    for name in ("accuracy", "nll", "ece_10", "ece_1", "brier"):
+        print(f"  {name:9s} {report['before'][name]:.4f} -> {report['after'][name]:.4f}")
+    print("  F1 " + ", ".join(f"{k[3:]} {v:.3f}" for k, v in report["f1"].items() if k.startswith("f1_")))
+    if args.out:
+        write_json(args.out, report)
+    return 0
+
+
 def cmd_reward(args: argparse.Namespace) -> int:
     from tunelab.alignment.reward import ModelScorer, evaluate_pairs, read_texts
     from tunelab.files import write_json, write_jsonl
 
+    if args.action == "calibrate":
+        return _calibrate(args)
     if args.action == "eval":
         metrics = evaluate_pairs(ModelScorer(args.model), args.data, args.split, args.limit)
         print(f"pairs {metrics['pairs']}  accuracy {metrics['accuracy']:.4f}  mean margin {metrics['margin']:.4f}  loss {metrics['loss']:.4f}")

@@ -102,6 +102,7 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
     if loaded is None:
         loaded = load_for_inference(job.model, job.adapter, dtype=job.dtype, device=job.device,
                                     trust_remote_code=job.trust_remote_code)
+    reward = _load_ranking_reward(job)  # before generating: a bad --reward fails in seconds, not after minutes
     builder, prompts = build_prompts(job, loaded, examples)
     n = job.best_of
     outputs = generate(
@@ -113,7 +114,7 @@ def run_prompt(job: PromptJob, loaded: Any = None, *, progress: bool = True, des
         progress=progress,
         desc=desc if n == 1 else f"{desc} (best of {n})",
     )
-    best, scores = _best_of_n(job, [p.text for p in prompts], [o.text for o in outputs])
+    best, scores = _best_of_n(reward, n, [p.text for p in prompts], [o.text for o in outputs])
     rows = []
     for i, p in enumerate(prompts):
         out = outputs[i * n + best[i]]
@@ -146,14 +147,20 @@ def check_best_of(job: PromptJob) -> None:
         job.generation.do_sample = True
 
 
-def _best_of_n(job: PromptJob, prompts: list[str], texts: list[str]) -> tuple[list[int], list[float]]:
+def _load_ranking_reward(job: PromptJob) -> Any:
     if job.best_of == 1:
-        return [0] * len(prompts), []
-    from tunelab.alignment.best_of_n import choose
+        return None
     from tunelab.alignment.reward import load_reward
 
-    reward = load_reward(job.reward, output=job.reward_output, label=job.reward_label)
-    return choose(prompts, texts, job.best_of, reward)
+    return load_reward(job.reward, output=job.reward_output, label=job.reward_label)
+
+
+def _best_of_n(reward: Any, n: int, prompts: list[str], texts: list[str]) -> tuple[list[int], list[float]]:
+    if n == 1:
+        return [0] * len(prompts), []
+    from tunelab.alignment.best_of_n import choose
+
+    return choose(prompts, texts, n, reward)
 
 
 def human_baseline(examples: Iterable[Example]) -> list[dict]:

@@ -11,6 +11,7 @@ import torch
 from tests.conftest import DATA_ROWS
 
 from tests.alignment.test_ppo import count_reward, frozen_reference, metrics, ppo_config, resume_after_a_crash, toy
+from tunelab.alignment.policy_eval import Monitor
 from tunelab.alignment.ppo import PPOTrainer
 
 
@@ -87,14 +88,27 @@ class FakeClassifier:
         lengths = torch.tensor([len(r) / 10 for r in responses])
         return torch.stack([-lengths, lengths], dim=1)
 
+    def probabilities(self, logits):
+        return logits.softmax(-1)
+
+    def reward_from_logits(self, logits):
+        return logits[:, 1]
+
     def __call__(self, prompts, responses):
-        return self.logits(prompts, responses)[:, 1]
+        return self.reward_from_logits(self.logits(prompts, responses))
 
 
 def test_held_out_evaluation_before_and_after(tiny_llama_dir, dialog_file, tmp_path):
     config = group_config("grpo", tiny_llama_dir, dialog_file, tmp_path, steps=2)
     config.eval_data, config.eval_split, config.eval_limit = str(dialog_file), None, 4
-    trainer = PPOTrainer(config, reward=FakeClassifier(), progress=False)
+    seen_prompts = []
+
+    def monitor_reward(prompts, responses):  # a second scorer, reported and never trained on
+        seen_prompts.extend(prompts)
+        return [-float(len(r)) for r in responses]
+
+    monitor = Monitor(monitor_reward, "Human: {input}\nAssistant:")
+    trainer = PPOTrainer(config, reward=FakeClassifier(), monitor=monitor, progress=False)
     result = trainer.train()
     comparison = json.loads((trainer.output_dir / "eval.json").read_text())
     assert result.summary["eval"] == comparison
@@ -106,6 +120,10 @@ def test_held_out_evaluation_before_and_after(tiny_llama_dir, dialog_file, tmp_p
         lines = [json.loads(x) for x in (trainer.output_dir / f"eval_{name}.jsonl").read_text().splitlines()]
         assert len(lines) == 4 and {"prompt", "response", "tokens", "score", "label_probability"} <= set(lines[0])
         assert summary["label_probability_mean"] == pytest.approx(sum(x["label_probability"] for x in lines) / 4)
+        assert summary["monitor_reward_mean"] == pytest.approx(sum(x["monitor_score"] for x in lines) / 4)
+        assert all(x["monitor_score"] == -len(x["response"]) for x in lines)
+    assert len(seen_prompts) == 8 and all(p.startswith("Human: ") and p.endswith("\nAssistant:") for p in seen_prompts)
+    assert "{input}" not in seen_prompts[0]
 
 
 def test_group_recipe_errors():

@@ -241,7 +241,7 @@ def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llam
     chosen = json.loads((trainer.output_dir / "hardest_prompts.json").read_text())
     longest = sorted(range(len(pool)), key=lambda i: (-len(pool[i]), i))[:6]
     assert chosen["pool"] == 18 and chosen["indices"] == longest
-    assert chosen["scores"] == sorted(chosen["scores"]) and len(chosen["responses"]) == 6
+    assert chosen["scores"] == sorted(chosen["scores"]) and len(chosen["texts"]) == 6 and chosen["by"] == "response"
     assert set(seen[18:]) <= {pool[i] for i in longest}  # every rollout after the search came from them
     again = PPOTrainer(config, reward=minus_length, progress=False)
     seen.clear()
@@ -249,3 +249,25 @@ def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llam
     assert not seen and [r["text"] for r in again.rows] == [pool[i] for i in longest]
     with pytest.raises(Exception, match="hardest_prompts must be 0"):
         PPOTrainer(ppo_config(tiny_llama_dir, prompts, tmp_path, rollout_batch_size=4, hardest_prompts=2), reward=minus_length)
+    with pytest.raises(Exception, match="hardest_by must be 'response' or 'prompt', not 'reply'"):
+        PPOTrainer(ppo_config(tiny_llama_dir, prompts, tmp_path, hardest_by="reply"), reward=minus_length)
+
+
+def test_hardest_prompts_by_the_prompt_itself_generate_nothing(tiny_llama_dir, tmp_path):
+    """hardest_by: prompt scores each raw prompt as the text (e.g. a request's toxicity)."""
+    rows = [{**r, "fname": f"{r['fname']}-{i}", "dialogue": r["dialogue"] + " Yes." * i} for i in range(3) for r in DATA_ROWS]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+
+    def minus_length(prompts, responses):
+        seen.append(list(responses))
+        return [-float(len(r)) for r in responses]
+
+    config = ppo_config(tiny_llama_dir, prompts, tmp_path, rollout_batch_size=4, hardest_prompts=4, hardest_by="prompt")
+    trainer = PPOTrainer(config, reward=minus_length, progress=False)
+    raw = [r["input"] for r in trainer.rows]
+    trainer.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer._keep_hardest(resume=False)
+    assert seen == [raw]  # one call, on the prompts themselves: nothing was generated
+    assert [r["input"] for r in trainer.rows] == sorted(raw, key=lambda t: -len(t))[:4]

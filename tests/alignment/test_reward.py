@@ -88,6 +88,37 @@ def test_classifier_learns_and_rewards_its_class(method, tiny_model_dir, labelle
     offensive = load_reward(str(result.artifact), label="offensive")
     logits = offensive(["", ""], ["Next to the park.", "Take an umbrella then."])
     assert logits[1] > logits[0]
+    check_calibration(result.artifact, labelled_file, tmp_path)
+
+
+def check_calibration(artifact, labelled_file, tmp_path):
+    """`tunelab reward calibrate` fits a temperature on rows after the skipped ones, saves it
+    in the folder, and probabilities use it from then on (raw logits do not)."""
+    texts = ["Next to the park.", "Take an umbrella then."]
+    raw = ModelScorer(artifact, calibrated=False).logits(["", ""], texts)
+    out = tmp_path / "calibration.json"
+    assert main(["reward", "calibrate", "--model", str(artifact), "--data", str(labelled_file), "--skip", "8",
+                 "--limit", "8", "--eval-data", str(labelled_file), "--eval-limit", "8", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["validation_rows"], report["held_out_rows"]) == (8, 8) and report["temperature"] > 0
+    assert report["after"]["accuracy"] == report["before"]["accuracy"]  # a temperature keeps every ranking
+    assert report["after"]["nll"] <= report["before"]["nll"] + 1e-6
+    assert {"ece_10", "ece_1", "brier"} <= set(report["after"]) and "f1_neither" in report["f1"]
+    scorer = ModelScorer(artifact, output="probability")
+    assert scorer.temperature == pytest.approx(report["temperature"])
+    torch.testing.assert_close(scorer.logits(["", ""], texts), raw)
+    torch.testing.assert_close(scorer(["", ""], texts), (raw / report["temperature"]).softmax(-1)[:, 2])
+
+
+def test_calibrating_needs_classes_and_rows(tiny_llama_dir, pairs_file, labelled_file, tmp_path, capsys):
+    result = RewardTrainer(config_for("reward", tiny_llama_dir, pairs_file, tmp_path, max_steps=1), progress=False).train()
+    calibrate = ["reward", "calibrate", "--data", str(labelled_file), "--eval-data", str(labelled_file)]
+    assert main(calibrate + ["--model", str(result.artifact)]) == 2
+    assert "nothing to calibrate" in capsys.readouterr().err
+    classifier = ClassifierTrainer(config_for("classifier", tiny_llama_dir, labelled_file, tmp_path, max_steps=1),
+                                   progress=False).train()
+    assert main(calibrate + ["--model", str(classifier.artifact), "--skip", "16"]) == 2
+    assert "no rows after skipping 16" in capsys.readouterr().err
 
 
 def test_classifier_bad_input(tiny_llama_dir, labelled_file, tmp_path):

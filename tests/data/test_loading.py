@@ -128,3 +128,10 @@ def test_sst2_prefixes_are_4_to_8_words_and_no_held_out_one_is_in_train():
     assert (len(train), len(test)) == (2543, 749)
     assert all(4 <= len(e.input.split()) <= 8 and not e.references for e in train + test)
     assert not {e.input.lower() for e in train} & {e.input.lower() for e in test}
+
+
+def test_redteam_prompts_are_first_human_turns_and_no_held_out_one_is_in_train():
+    train, test = load_examples("hh-rlhf-prompts", "train"), load_examples("hh-rlhf-prompts", "test")
+    assert (len(train), len(test)) == (1505, 315)
+    assert all(e.input.strip() and "Human:" not in e.input and not e.references for e in train + test)
+    assert not {e.input.lower() for e in train} & {e.input.lower() for e in test}

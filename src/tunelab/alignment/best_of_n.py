@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tunelab.alignment.policy_eval import evaluate_policy, prompt_rows
+from tunelab.alignment.policy_eval import evaluate_policy, load_monitor, prompt_rows, sample_responses
 from tunelab.data import Example
 from tunelab.errors import TunelabError
 from tunelab.files import write_json, write_jsonl
@@ -49,7 +49,8 @@ class RejectionSamplingTrainer(Trainer):
 
     SAMPLES_FILE = "best_of_n.jsonl"
 
-    def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None) -> None:
+    def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None,
+                 monitor: Any = None) -> None:
         if config.ppo.group_size < 2:
             raise TunelabError("stage rejection-sampling keeps the best of ppo.group_size samples: set it to 2 or more")
         super().__init__(config, loaded, progress=progress)
@@ -58,6 +59,7 @@ class RejectionSamplingTrainer(Trainer):
 
             reward = load_reward(config.ppo.reward, output=config.ppo.reward_output, label=config.ppo.reward_label)
         self.reward = reward
+        self.monitor = monitor if monitor is not None else load_monitor(config.ppo)
         self.prompts = self.rows  # prompt rows until the samples replace them
         self.before: dict[str, Any] | None = None
         self.sampling_seconds = 0.0
@@ -73,26 +75,20 @@ class RejectionSamplingTrainer(Trainer):
 
     def sample(self) -> list[dict[str, Any]]:
         """n samples of each training prompt, the best kept (with every score)."""
-        from tunelab.generation import GenerationSettings
-        from tunelab.generation.batched import generate_from_ids
-
         settings, n = self.config.ppo, self.config.ppo.group_size
-        generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature,
-                                        top_k=settings.top_k, top_p=settings.top_p, batch_size=max(16, n),
-                                        seed=self.config.seed)
         started = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model).eval()
-        outputs = generate_from_ids(model, self.tokenizer, [r["ids"] for r in self.prompts for _ in range(n)], generation,
-                                    progress=self.progress, desc=f"best of {n}")
-        best, scores = choose([r["text"] for r in self.prompts], [o.text for o in outputs], n, self.reward)
+        responses, texts = sample_responses(model, self.tokenizer, [r["ids"] for r in self.prompts for _ in range(n)],
+                                            settings, max_new_tokens=settings.max_new_tokens, seed=self.config.seed,
+                                            batch_size=max(16, n), progress=self.progress, desc=f"best of {n}")
+        best, scores = choose([r["text"] for r in self.prompts], texts, n, self.reward)
         model.train()
         self.sampling_seconds = time.perf_counter() - started
         kept = []
         for i, (row, j) in enumerate(zip(self.prompts, best)):
-            out = outputs[i * n + j]
-            response = out.token_ids + ([out.eos_token_id] if out.eos_token_id is not None else [])
-            kept.append({"prompt": row["text"], "prompt_ids": row["ids"], "response": out.text, "response_ids": response,
-                         "score": scores[i * n + j], "scores": scores[i * n : (i + 1) * n]})
+            kept.append({"prompt": row["text"], "prompt_ids": row["ids"], "response": texts[i * n + j],
+                         "response_ids": responses[i * n + j], "score": scores[i * n + j],
+                         "scores": scores[i * n : (i + 1) * n]})
         return kept
 
     def train(self, resume: bool = False) -> TrainResult:
@@ -110,7 +106,6 @@ class RejectionSamplingTrainer(Trainer):
             kept = self.sample()
             write_jsonl(path, kept)
         self.rows = [completion_row(k["prompt_ids"], k["response_ids"], self.loaded.is_encoder_decoder) for k in kept]
-        self._epoch_cache = (None, [])
         return super().train(resume)
 
     def on_train_end(self, result: TrainResult) -> TrainResult:
@@ -130,7 +125,7 @@ class RejectionSamplingTrainer(Trainer):
         try:
             return evaluate_policy(model, self.tokenizer, self.eval_rows, self.reward,
                                    max_new_tokens=self.config.ppo.max_new_tokens, output=self.output_dir / f"eval_{name}.jsonl",
-                                   progress=self.progress, desc=f"eval ({name})")
+                                   progress=self.progress, desc=f"eval ({name})", monitor=self.monitor)
         finally:
             model.train(was_training)
 

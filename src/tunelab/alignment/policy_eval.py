@@ -1,5 +1,6 @@
 """Held-out evaluation of a policy, shared by every online method (PPO, RLOO, GRPO) and
-by best-of-n: greedy responses to held-out prompts, scored by the run's reward.
+by best-of-n: greedy responses to held-out prompts, scored by the run's reward (and the
+sampling of training responses they share).
 
 The summary holds what shows whether alignment worked without reward hacking: the
 reward, the probability of the rewarded class (for a classifier reward), response
@@ -34,26 +35,56 @@ def prompt_rows(config: Any, builder: Any, tokenizer: Any, is_encoder_decoder: b
         ids = fit_prompt(example, builder, tokenizer, room)
         if ids is None:
             raise TunelabError(f"example '{example.id}': the prompt template alone exceeds max_length")
-        rows.append({"ids": ids, "text": builder.render(example, []), "references": example.references})
+        rows.append({"ids": ids, "text": builder.render(example, []), "input": example.input,
+                     "references": example.references})
     return rows
 
 
 @dataclass
 class ScoredTexts:
-    """Responses with their scores; ``label_probability`` for a classifier reward."""
+    """Responses with their scores; ``label_probability`` for a classifier reward and
+    ``monitor`` for a second scorer that is reported but not trained on."""
 
     texts: list[str]
     tokens: list[int]
     scores: list[float]
     label_probability: list[float] | None = None
+    monitor: list[float] | None = None
+
+
+@dataclass
+class Monitor:
+    """A second reward scored on held-out responses only, e.g. the hh-rlhf reward model
+    beside a toxicity reward: if the trained reward rises while this one falls, the policy
+    gamed its reward. ``prompt`` renders each raw prompt as the monitor was trained to read
+    it ({input} is replaced)."""
+
+    reward: Any
+    prompt: str = "{input}"
+
+    def __call__(self, rows: Sequence[dict[str, Any]], texts: list[str]) -> list[float]:
+        prompts = [self.prompt.replace("{input}", row["input"]) for row in rows]
+        return torch.as_tensor(self.reward(prompts, texts), dtype=torch.float).tolist()
+
+
+def load_monitor(settings: Any) -> Monitor | None:
+    """The monitor a recipe's ppo section names (monitor_reward, monitor_prompt), if any."""
+    if not settings.monitor_reward:
+        return None
+    from tunelab.alignment.reward import load_reward
+
+    return Monitor(load_reward(settings.monitor_reward), settings.monitor_prompt)
 
 
 def score_texts(reward: Any, prompts: Sequence[str], texts: list[str], tokens: list[int]) -> ScoredTexts:
-    scores = torch.as_tensor(reward(list(prompts), texts), dtype=torch.float).tolist()
-    probability = None
-    if hasattr(reward, "logits") and len(getattr(reward, "labels", [])) > 1:
-        probability = reward.logits(list(prompts), texts).softmax(-1)[:, reward.label_index].tolist()
-    return ScoredTexts(texts, tokens, scores, probability)
+    """Scores from ``reward``; a classifier (a ModelScorer with classes) runs once and also
+    gives the rewarded class's probability."""
+    if hasattr(reward, "reward_from_logits") and len(reward.labels) > 1:
+        logits = reward.logits(list(prompts), texts)
+        scores = reward.reward_from_logits(logits).tolist()
+        probability = reward.probabilities(logits)[:, reward.label_index].tolist()
+        return ScoredTexts(texts, tokens, scores, probability)
+    return ScoredTexts(texts, tokens, torch.as_tensor(reward(list(prompts), texts), dtype=torch.float).tolist())
 
 
 @torch.no_grad()
@@ -68,6 +99,23 @@ def greedy_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[i
     return [o.text for o in outputs], [len(o.token_ids) for o in outputs]
 
 
+@torch.no_grad()
+def sample_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], settings: Any, *,
+                     max_new_tokens: int, seed: int, batch_size: int, progress: bool = False,
+                     desc: str = "sampling") -> tuple[list[list[int]], list[str]]:
+    """Sampled responses as the ppo section says (temperature, top_k, top_p): (token ids,
+    texts). The sampled end-of-sequence token is kept in the ids (it is part of the action
+    sequence), and an empty response becomes that token alone."""
+    from tunelab.generation import GenerationSettings
+    from tunelab.generation.batched import generate_from_ids
+
+    generation = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=settings.temperature,
+                                    top_k=settings.top_k, top_p=settings.top_p, batch_size=batch_size, seed=seed)
+    outputs = generate_from_ids(model, tokenizer, prompt_ids, generation, progress=progress, desc=desc)
+    responses = [o.token_ids + ([o.eos_token_id] if o.eos_token_id is not None else []) for o in outputs]
+    return [r or [tokenizer.eos_token_id] for r in responses], [o.text for o in outputs]
+
+
 def summarise(scored: ScoredTexts, references: Sequence[Sequence[str]] | None = None, label: str | None = None) -> dict[str, Any]:
     """The numbers eval.json holds for one policy."""
     result: dict[str, Any] = {
@@ -79,6 +127,8 @@ def summarise(scored: ScoredTexts, references: Sequence[Sequence[str]] | None = 
         result.update(label=label, label_probability_mean=statistics.fmean(scored.label_probability),
                       label_probability_std=statistics.pstdev(scored.label_probability),
                       label_probability_over_half=sum(p > 0.5 for p in scored.label_probability) / len(scored.texts))
+    if scored.monitor is not None:
+        result.update(monitor_reward_mean=statistics.fmean(scored.monitor), monitor_reward_std=statistics.pstdev(scored.monitor))
     result.update(response_tokens_mean=statistics.fmean(scored.tokens),
                   empty_responses=sum(not t.strip() for t in scored.texts),
                   distinct_1=distinct_n(scored.texts, 1), distinct_2=distinct_n(scored.texts, 2))
@@ -95,17 +145,22 @@ def write_responses(path: Path, prompts: Sequence[str], scored: ScoredTexts) -> 
         record = {"index": i, "prompt": prompt, "response": text, "tokens": tokens, "score": score}
         if scored.label_probability is not None:
             record["label_probability"] = scored.label_probability[i]
+        if scored.monitor is not None:
+            record["monitor_score"] = scored.monitor[i]
         records.append(record)
     write_jsonl(path, records)
 
 
 def evaluate_policy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], reward: Any, *, max_new_tokens: int,
-                    output: Path | None = None, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
-    """Greedy responses to ``rows`` (each with 'ids', 'text' and 'references'), scored
-    and summarised; with ``output``, every response is written there as JSONL."""
+                    output: Path | None = None, progress: bool = False, desc: str = "eval",
+                    monitor: Monitor | None = None) -> dict[str, Any]:
+    """Greedy responses to ``rows`` (prompt_rows' output), scored and summarised; with
+    ``output``, every response is written there as JSONL."""
     texts, tokens = greedy_responses(model, tokenizer, [r["ids"] for r in rows], max_new_tokens, progress=progress, desc=desc)
     prompts = [r["text"] for r in rows]
     scored = score_texts(reward, prompts, texts, tokens)
+    if monitor is not None:
+        scored.monitor = monitor(rows, texts)
     if output is not None:
         write_responses(output, prompts, scored)
     label = None
@@ -114,4 +169,4 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], 
     return summarise(scored, [r.get("references") or [] for r in rows], label)
 
 
-__all__ = ["ScoredTexts", "evaluate_policy", "greedy_responses", "prompt_rows", "score_texts", "summarise", "write_responses"]
+__all__ = ["Monitor", "ScoredTexts", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows", "sample_responses", "score_texts", "summarise", "write_responses"]

@@ -38,7 +38,8 @@ import torch
 from tunelab.alignment import losses as L
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
-from tunelab.alignment.policy_eval import evaluate_policy, greedy_responses, prompt_rows, score_texts
+from tunelab.alignment.policy_eval import (evaluate_policy, greedy_responses, load_monitor, prompt_rows, sample_responses,
+                                           score_texts)
 from tunelab.files import write_json
 from tunelab.models.adapters import PEFT_CONFIG, check_safetensors
 from tunelab.training.data import fit_prompt
@@ -143,7 +144,8 @@ class PPOTrainer(Trainer):
     rollout -> score -> update; the KL coefficient and reward statistics ride in its
     checkpoints."""
 
-    def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None) -> None:
+    def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True, reward: Any = None,
+                 monitor: Any = None) -> None:
         settings = config.ppo
         self.estimator = ESTIMATORS[config.stage]
         self.group_size = 1 if self.estimator == "gae" else settings.group_size
@@ -155,10 +157,13 @@ class PPOTrainer(Trainer):
             raise TunelabError(f"stage {config.stage} compares samples of the same prompt: set ppo.group_size >= 2")
         if settings.mini_batch_size > settings.rollout_batch_size * self.group_size:
             raise TunelabError("ppo: mini_batch_size must not exceed the rollouts per step (rollout_batch_size x group_size)")
+        if settings.hardest_by not in ("response", "prompt"):
+            raise TunelabError(f"ppo.hardest_by must be 'response' or 'prompt', not '{settings.hardest_by}'")
         if 0 < settings.hardest_prompts < settings.rollout_batch_size:
             raise TunelabError("ppo: hardest_prompts must be 0 (all prompts) or at least rollout_batch_size")
         super().__init__(config, loaded, progress=progress)
         self.reward = reward if reward is not None else self._load_reward()
+        self.monitor = monitor if monitor is not None else load_monitor(settings)
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.accelerator.device) if self.estimator == "gae" else None
         self.reference_model = None
         if config.method != "lora" and not hasattr(self.model, "disable_adapter"):
@@ -221,21 +226,13 @@ class PPOTrainer(Trainer):
 
     # -- one step ---------------------------------------------------------------------------------
     def rollout(self, rows: list[dict[str, Any]], step: int) -> tuple[list[list[int]], list[str], float]:
-        from tunelab.generation import GenerationSettings
-        from tunelab.generation.batched import generate_from_ids
-
         settings = self.config.ppo
         length = random.Random(self.config.seed * 7919 + step).randint(settings.min_new_tokens, settings.max_new_tokens)
-        generation = GenerationSettings(max_new_tokens=length, do_sample=True, temperature=settings.temperature,
-                                        top_k=settings.top_k, top_p=settings.top_p, batch_size=len(rows),
-                                        seed=self.config.seed * 100_003 + step)
         started = time.perf_counter()
-        outputs = generate_from_ids(self.accelerator.unwrap_model(self.model), self.tokenizer, [r["ids"] for r in rows],
-                                    generation, progress=False)
-        # the end-of-sequence token was sampled too: it is part of the action sequence
-        responses = [o.token_ids + ([o.eos_token_id] if o.eos_token_id is not None else []) for o in outputs]
-        responses = [r or [self.tokenizer.eos_token_id] for r in responses]
-        return responses, [o.text for o in outputs], time.perf_counter() - started
+        responses, texts = sample_responses(self.accelerator.unwrap_model(self.model), self.tokenizer,
+                                            [r["ids"] for r in rows], settings, max_new_tokens=length,
+                                            seed=self.config.seed * 100_003 + step, batch_size=len(rows))
+        return responses, texts, time.perf_counter() - started
 
     def _score(self, rows: list[dict[str, Any]], texts: list[str], responses: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw scores, the scores PPO optimises): the latter with the length penalty and,
@@ -480,23 +477,32 @@ class PPOTrainer(Trainer):
                     ["reward", "kl", "entropy", last], title=f"{self.config.stage.upper()} on {self.config.data}")
 
     def _keep_hardest(self, resume: bool) -> None:
-        """ppo.hardest_prompts: keep the training prompts whose greedy response scores
-        lowest. The choice is written to hardest_prompts.json; a resumed run reads it back."""
+        """ppo.hardest_prompts: keep the training prompts the reward scores lowest, by their
+        greedy response or (hardest_by: prompt) by the prompt's own text. The choice is
+        written to hardest_prompts.json; a resumed run reads it back."""
         count = self.config.ppo.hardest_prompts
         if not count:
             return
         path = self.output_dir / "hardest_prompts.json"
         chosen = (_read_json(path) or {}).get("indices") if resume else None
         if chosen is None:
-            texts, tokens = greedy_responses(self.accelerator.unwrap_model(self.model), self.tokenizer,
-                                             [r["ids"] for r in self.rows], self.config.ppo.max_new_tokens,
-                                             progress=self.progress, desc="finding the hardest prompts")
-            scores = score_texts(self.reward, [r["text"] for r in self.rows], texts, tokens).scores
+            texts, scores = self._hardness()
             chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:count]
             if self.accelerator.is_main_process:
-                write_json(path, {"pool": len(self.rows), "pool_score_mean": statistics.fmean(scores), "indices": chosen,
-                                   "scores": [scores[i] for i in chosen], "responses": [texts[i] for i in chosen]})
+                write_json(path, {"pool": len(self.rows), "by": self.config.ppo.hardest_by,
+                                   "pool_score_mean": statistics.fmean(scores), "indices": chosen,
+                                   "scores": [scores[i] for i in chosen], "texts": [texts[i] for i in chosen]})
         self.rows = [self.rows[i] for i in chosen]
+
+    def _hardness(self) -> tuple[list[str], list[float]]:
+        """(the text scored, its score) for every training prompt."""
+        if self.config.ppo.hardest_by == "prompt":  # no generation: the request itself, as the reward reads a text
+            texts = [r["input"] for r in self.rows]
+            return texts, score_texts(self.reward, [""] * len(texts), texts, []).scores
+        texts, tokens = greedy_responses(self.accelerator.unwrap_model(self.model), self.tokenizer,
+                                         [r["ids"] for r in self.rows], self.config.ppo.max_new_tokens,
+                                         progress=self.progress, desc="finding the hardest prompts")
+        return texts, score_texts(self.reward, [r["text"] for r in self.rows], texts, tokens).scores
 
     def evaluate_policy(self, name: str) -> dict[str, Any]:
         """Greedy responses to the held-out prompts, scored (alignment/policy_eval.py);
@@ -504,7 +510,7 @@ class PPOTrainer(Trainer):
         output = self.output_dir / f"eval_{name}.jsonl" if self.accelerator.is_main_process else None
         return evaluate_policy(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_rows, self.reward,
                                max_new_tokens=self.config.ppo.max_new_tokens, output=output, progress=self.progress,
-                               desc=f"eval ({name})")
+                               desc=f"eval ({name})", monitor=self.monitor)
 
 
 def _read_json(path: Path) -> Any:

@@ -247,7 +247,7 @@ class ModelScorer:
     """Scores text with a trained reward model or classifier folder (``tunelab train`` output)."""
 
     def __init__(self, folder: str | Path, *, output: str = "logit", label: str | None = None,
-                 device: str = "cpu", batch_size: int = 32) -> None:
+                 device: str = "cpu", batch_size: int = 32, calibrated: bool = True) -> None:
         self.folder = Path(folder)
         self.meta, loaded = _load_head_model(self.folder, device)
         self.model, self.tokenizer = loaded.model.eval(), loaded.tokenizer
@@ -260,6 +260,8 @@ class ModelScorer:
             raise TunelabError(f"reward output must be 'logit', 'probability' or 'log_probability', not '{output}'")
         self.label_index, self.output, self.batch_size = self.labels.index(label), output, batch_size
         self.max_length = int(self.meta.get("max_length", 512))
+        # set by `tunelab reward calibrate`; probabilities use it, raw logits do not
+        self.temperature = float(self.meta.get("temperature", 1.0)) if calibrated else 1.0
 
     def _inputs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         if self.meta.get("input") == "response":
@@ -280,11 +282,19 @@ class ModelScorer:
         return out
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        logits = self.logits(prompts, responses)
+        return self.reward_from_logits(self.logits(prompts, responses))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, classes] class probabilities (calibrated when the folder has a temperature)."""
+        return (logits / self.temperature).softmax(-1)
+
+    def reward_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B] rewards from ``logits()``'s output, so a caller that also wants the class
+        probabilities runs the model once."""
         if self.output == "probability":
-            return logits.softmax(-1)[:, self.label_index]
+            return self.probabilities(logits)[:, self.label_index]
         if self.output == "log_probability":
-            return logits.log_softmax(-1)[:, self.label_index]
+            return (logits / self.temperature).log_softmax(-1)[:, self.label_index]
         return logits[:, self.label_index]
 
 
@@ -340,6 +350,36 @@ def evaluate_pairs(scorer: ModelScorer, source: str, split: str | None = None, l
     chosen = scorer(prompts, [p.chosen for p in pairs])
     rejected = scorer(prompts, [p.rejected for p in pairs])
     return pair_metrics(chosen, rejected)
+
+
+def calibrate_classifier(scorer: ModelScorer, validation: Sequence[tuple[str, int, str]],
+                         held_out: Sequence[tuple[str, int, str]]) -> dict[str, Any]:
+    """Fit a temperature on ``validation`` (text, class, where) rows, save it in the
+    scorer's folder, and report held-out calibration before and after, with per-class F1
+    (unchanged by a temperature, which keeps every ranking). ``scorer`` must be uncalibrated."""
+    from tunelab.evaluation.calibration import calibration_metrics, fit_temperature
+
+    if len(scorer.labels) < 2:
+        raise TunelabError(f"{scorer.folder}: a reward model has one output, nothing to calibrate (a classifier has classes)")
+    if scorer.temperature != 1.0:
+        raise TunelabError("calibrate with ModelScorer(..., calibrated=False): logits must be the raw ones")
+
+    def logits_and_gold(rows: Sequence[tuple[str, int, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [text for text, _, _ in rows]
+        return scorer.logits([""] * len(texts), texts), torch.tensor([label for _, label, _ in rows])
+
+    fit_logits, fit_gold = logits_and_gold(validation)
+    temperature = fit_temperature(fit_logits, fit_gold)
+    logits, gold = logits_and_gold(held_out)
+    report = {
+        "temperature": temperature, "validation_rows": len(validation), "held_out_rows": len(held_out),
+        "before": calibration_metrics(logits, gold), "after": calibration_metrics(logits, gold, temperature),
+        "f1": classification_metrics(logits.argmax(-1), gold, scorer.labels),
+    }
+    meta_path = scorer.folder / REWARD_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    write_json(meta_path, {**meta, "temperature": temperature, "calibration": report})
+    return report
 
 
 def read_texts(path: Path) -> list[dict[str, str]]:

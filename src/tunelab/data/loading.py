@@ -67,6 +67,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         splits={"train": "hh_rlhf/train.jsonl.gz", "test": "hh_rlhf/test.jsonl.gz"}, default_split="test", pool_split="train",
         description="Anthropic hh-rlhf harmless-base preference pairs (chosen, rejected transcripts; MIT): train 1,594, test 318",
     ),
+    "hh-rlhf-prompts": BuiltinDataset(
+        splits={"train": "hh_rlhf/prompts.train.jsonl", "test": "hh_rlhf/prompts.test.jsonl"}, default_split="test",
+        pool_split="train",
+        description="The first human turn of the hh-rlhf harmless-base pairs (red-teaming requests, prompts for "
+        "detoxification; scripts/make_redteam_prompts.py): train 1,505, test 315, none shared",
+    ),
     "davidson": BuiltinDataset(
         splits={"train": "davidson/train.csv", "test": "davidson/test.csv"}, default_split="test", pool_split="train",
         description="Davidson et al. tweets, class 0 hate / 1 offensive / 2 neither (MIT): train 20,505, test 2,278",
