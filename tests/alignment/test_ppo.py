@@ -222,11 +222,17 @@ def test_trimming_prompt_padding_keeps_the_log_probs(tiny_model):
                                token_logprobs(logits, part["responses"]) * mask, atol=1e-5, rtol=1e-5)
 
 
-def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llama_dir, tmp_path):
-    """The reward here is minus the prompt's length: the hardest prompts are the longest."""
+def prompts_of_three_lengths(tmp_path):
+    """18 prompts: each dialogue as it is, with one and with two " Yes." added."""
     rows = [{**r, "fname": f"{r['fname']}-{i}", "dialogue": r["dialogue"] + " Yes." * i} for i in range(3) for r in DATA_ROWS]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return prompts
+
+
+def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llama_dir, tmp_path):
+    """The reward here is minus the prompt's length: the hardest prompts are the longest."""
+    prompts = prompts_of_three_lengths(tmp_path)
     seen = []
 
     def minus_length(prompts, responses):
@@ -255,9 +261,7 @@ def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llam
 
 def test_hardest_prompts_by_the_prompt_itself_generate_nothing(tiny_llama_dir, tmp_path):
     """hardest_by: prompt scores each raw prompt as the text (e.g. a request's toxicity)."""
-    rows = [{**r, "fname": f"{r['fname']}-{i}", "dialogue": r["dialogue"] + " Yes." * i} for i in range(3) for r in DATA_ROWS]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = prompts_of_three_lengths(tmp_path)
     seen = []
 
     def minus_length(prompts, responses):

@@ -169,4 +169,5 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], 
     return summarise(scored, [r.get("references") or [] for r in rows], label)
 
 
-__all__ = ["Monitor", "ScoredTexts", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows", "sample_responses", "score_texts", "summarise", "write_responses"]
+__all__ = ["Monitor", "ScoredTexts", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows",
+           "sample_responses", "score_texts", "summarise", "write_responses"]
