@@ -142,6 +142,7 @@ def _reward_parser(sub) -> None:
     evaluate.add_argument("--data", required=True, help="pairs JSONL (pairs, rankings or hh-rlhf transcripts) or 'hh-rlhf'")
     evaluate.add_argument("--split", help="split of a built-in dataset (hh-rlhf: train or test)")
     evaluate.add_argument("--limit", type=int, help="first N pairs only")
+    evaluate.add_argument("--buckets", type=int, default=4, help="margin buckets for accuracy by confidence (default 4)")
     evaluate.add_argument("--out", type=Path, help="write the metrics as JSON")
     calibrate = actions.add_parser(
         "calibrate", help="fit a classifier's temperature on a validation slice; held-out ECE before and after",
@@ -428,8 +429,13 @@ def cmd_reward(args: argparse.Namespace) -> int:
     if args.action == "calibrate":
         return _calibrate(args)
     if args.action == "eval":
-        metrics = evaluate_pairs(ModelScorer(args.model), args.data, args.split, args.limit)
-        print(f"pairs {metrics['pairs']}  accuracy {metrics['accuracy']:.4f}  mean margin {metrics['margin']:.4f}  loss {metrics['loss']:.4f}")
+        metrics = evaluate_pairs(ModelScorer(args.model), args.data, args.split, args.limit, max(1, args.buckets))
+        print(f"pairs {metrics['pairs']}  accuracy {metrics['accuracy']:.4f}  mean margin {metrics['margin']:.4f}  "
+              f"loss {metrics['loss']:.4f}  ECE {metrics['ece_10']:.4f}")
+        print("| |margin| | pairs | accuracy | σ(|margin|) |\n|---|---:|---:|---:|")
+        for bucket in metrics["by_margin"]:
+            print(f"| {bucket['margin_from']:.3f}–{bucket['margin_to']:.3f} | {bucket['pairs']} | "
+                  f"{bucket['accuracy']:.3f} | {bucket['probability']:.3f} |")
         if args.out:
             write_json(args.out, metrics)
         return 0

@@ -33,13 +33,14 @@ class RecipeError(TunelabError):
     """A recipe file or override is malformed."""
 
 
-ONLINE_RL = ("ppo", "rloo", "grpo", "rejection-sampling")  # the stages that read ppo: (reward, sampling)
-STAGES = ("sft", "reward", "classifier", "ppo", "rloo", "grpo", "rejection-sampling", "dpo")
+ONLINE_RL = ("ppo", "rloo", "grpo", "rejection-sampling", "rollout-dpo")  # the stages that read ppo: (reward, sampling)
+SAMPLED_GROUPS = ("rloo", "grpo", "rejection-sampling", "rollout-dpo")  # k samples per prompt (ppo.group_size)
+STAGES = ("sft", "reward", "classifier", "ppo", "rloo", "grpo", "rejection-sampling", "rollout-dpo", "dpo")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = field(default="sft", metadata={"help": "sft (instruction fine-tuning), reward (pairwise reward model), classifier (e.g. toxicity), ppo, rloo, grpo (online RL with the ppo: settings), rejection-sampling (fine-tune on the best of ppo.group_size samples) or dpo."})
+    stage: str = field(default="sft", metadata={"help": "sft (instruction fine-tuning), reward (pairwise reward model), classifier (e.g. toxicity), ppo, rloo, grpo (online RL with the ppo: settings), rejection-sampling (fine-tune on the best of ppo.group_size samples), rollout-dpo (DPO on the best and worst of ppo.group_size samples) or dpo."})
     method: str = field(default="lora", metadata={"help": "full, selective, lora, prompt-tuning, prefix-tuning, ia3 or adapter."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base model: name, folder, .gguf file or hub id."})
     # data
@@ -61,6 +62,7 @@ class TrainConfig:
     # optimisation
     epochs: float = field(default=1.0, metadata={"help": "Passes over the training data (fractions allowed)."})
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps; overrides epochs when > 0."})
+    max_seconds: float = field(default=0.0, metadata={"help": "A training-time budget: stop after the step that takes the training clock past it (0 = none). The clock counts training work only: steps, and the sampling of rejection-sampling and rollout-dpo (or the hardest-prompt search of PPO), not held-out evaluation or checkpoint writes. The learning-rate schedule still spans max_steps or epochs."})
     batch_size: int = field(default=8, metadata={"help": "Examples per micro-batch (per process)."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (LoRA papers: 1e-4 to 3e-4; full fine-tuning: ~2e-5)."})
@@ -74,6 +76,7 @@ class TrainConfig:
     # bookkeeping
     logging_steps: int = field(default=1, metadata={"help": "Log the training loss every N steps."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end, if eval_data is set)."})
+    eval_seconds: float = field(default=0.0, metadata={"help": "Also evaluate each time the training clock passes another multiple of this many seconds (0 = off): a held-out curve against training time, e.g. to compare methods at equal compute."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only the final artifact)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept; older ones are deleted after a newer one is safely written."})
     output_dir: str = field(default="runs/train", metadata={"help": "Where checkpoints, logs, the plot and the final artifact go."})
@@ -163,7 +166,8 @@ def validate(config: TrainConfig) -> None:
         (config.ppo.reward_output in ("logit", "probability", "log_probability"), "ppo.reward_output must be logit, probability or log_probability"),
         (config.ppo.kl_estimator in ("k1", "k3"), "ppo.kl_estimator must be k1 or k3"),
         (config.stage not in ONLINE_RL or bool(config.ppo.reward), f"stage {config.stage} needs ppo.reward (a reward model or classifier folder, or module:function)"),
-        (config.stage not in ("rloo", "grpo", "rejection-sampling") or config.ppo.group_size >= 2, f"stage {config.stage} needs ppo.group_size >= 2 (samples per prompt)"),
+        (config.stage not in SAMPLED_GROUPS or config.ppo.group_size >= 2, f"stage {config.stage} needs ppo.group_size >= 2 (samples per prompt)"),
+        (config.max_seconds >= 0 and config.eval_seconds >= 0, "max_seconds and eval_seconds must be >= 0"),
     ]
     problems = [message for ok, message in checks if not ok]
     if config.mixture and config.stage != "sft":
@@ -190,9 +194,11 @@ def trainer_class(stage: str) -> type:
     from tunelab.alignment.dpo import DPOTrainer
     from tunelab.alignment.ppo import PPOTrainer
     from tunelab.alignment.reward import ClassifierTrainer, RewardTrainer
+    from tunelab.alignment.rollout_dpo import RolloutDPOTrainer
 
     return {"reward": RewardTrainer, "classifier": ClassifierTrainer, "ppo": PPOTrainer, "rloo": PPOTrainer,
-            "grpo": PPOTrainer, "rejection-sampling": RejectionSamplingTrainer, "dpo": DPOTrainer}[stage]
+            "grpo": PPOTrainer, "rejection-sampling": RejectionSamplingTrainer, "rollout-dpo": RolloutDPOTrainer,
+            "dpo": DPOTrainer}[stage]
 
 
 def train(config: TrainConfig, *, resume: bool = False, loaded: Any = None, progress: bool = True) -> Any:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.alignment.test_ppo import count_reward, metrics, ppo_config, toy
-from tunelab.alignment.best_of_n import RejectionSamplingTrainer, choose, pick_best
+from tunelab.alignment.best_of_n import RejectionSamplingTrainer, best_and_worst, choose, pick_best
+from tunelab.alignment.rollout_dpo import RolloutDPOTrainer
 from tunelab.errors import PromptError
 from tunelab.generation import GenerationSettings
 from tunelab.jobs import PromptJob, run_prompt
@@ -20,6 +21,15 @@ def test_pick_best_is_the_argmax_of_each_group():
     assert pick_best([0.3, 0.2], 1) == [0, 0]
     with pytest.raises(ValueError, match="groups of 4"):
         pick_best([1.0, 2.0, 3.0], 4)
+
+
+def test_best_and_worst_pairs_each_group_and_skips_a_group_without_preference():
+    assert best_and_worst([0.1, 0.9, 0.5, 3.0, -1.0, 2.0], 3) == [(1, 0), (0, 1)]
+    assert best_and_worst([1.0, 1.0, 0.0, 2.0, 2.0, 2.0], 3) == [(0, 2), None]  # ties: the earlier sample
+    with pytest.raises(ValueError, match="groups of 2"):
+        best_and_worst([1.0, 2.0, 3.0], 2)
+    with pytest.raises(ValueError, match="n >= 2"):
+        best_and_worst([1.0, 2.0], 1)
 
 
 def test_choose_asks_the_scorer_with_each_prompt_beside_its_samples():
@@ -82,16 +92,52 @@ def test_rejection_sampling_fine_tunes_on_the_best_samples(tiny_model_dir, dialo
     assert (result.artifact / "adapter_config.json").is_file()
 
 
-def test_a_resumed_rejection_sampling_run_reuses_its_samples(tiny_llama_dir, dialog_file, tmp_path, monkeypatch):
+def rollout_dpo_config(model_dir, data, tmp_path, steps=3):
+    config = ppo_config(model_dir, data, tmp_path, steps=steps, group_size=4)
+    config.stage, config.batch_size, config.learning_rate = "rollout-dpo", 2, config.learning_rate / 2
+    config.eval_data, config.eval_split, config.eval_limit = str(data), None, 3
+    return config
+
+
+def test_rollout_dpo_pairs_the_best_and_worst_samples_and_trains_on_them(tiny_model_dir, dialog_file, tmp_path):
+    target, _ = toy(tiny_model_dir)
+    config = rollout_dpo_config(tiny_model_dir, dialog_file, tmp_path)
+    config.eval_seconds = 1e-9  # a held-out evaluation after every step but the last
+    trainer = RolloutDPOTrainer(config, reward=count_reward(target), progress=False)
+    prompts = [r["text"] for r in trainer.rows]
+    result = trainer.train()
+    pairs = [json.loads(x) for x in (trainer.output_dir / "rollout_pairs.jsonl").read_text().splitlines()]
+    assert pairs and {p["prompt"] for p in pairs} <= set(prompts)
+    for p in pairs:
+        assert p["chosen_score"] == max(p["scores"]) > p["rejected_score"] == min(p["scores"])
+        assert p["chosen_score"] == float(p["chosen"].count(target))
+    assert len(trainer.rows) == len(pairs) == result.summary["pairs"]
+    records = metrics(trainer)
+    steps = [r for r in records if "reward_accuracy" in r]
+    assert len(steps) == 3 and steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy = reference at first
+    curve = [r for r in records if "heldout_reward_mean" in r]
+    assert [r["step"] for r in curve] == [1, 2] and (trainer.output_dir / "eval_step-1.jsonl").is_file()
+    comparison = json.loads((trainer.output_dir / "eval.json").read_text())
+    assert comparison["before"]["n"] == comparison["after"]["n"] == 3
+    assert result.summary["sampling_seconds"] > 0 and (result.artifact / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("stage", ["rejection-sampling", "rollout-dpo"])
+def test_a_resumed_sampling_run_reuses_its_samples(stage, tiny_llama_dir, dialog_file, tmp_path, monkeypatch):
     target, _ = toy(tiny_llama_dir)
-    config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, steps=4, group_size=2)
-    config.stage, config.batch_size, config.save_steps = "rejection-sampling", 2, 2
-    straight = RejectionSamplingTrainer(config, reward=count_reward(target), progress=False)
+    if stage == "rollout-dpo":
+        trainer_class, sampler, config = RolloutDPOTrainer, "make_pairs", rollout_dpo_config(tiny_llama_dir, dialog_file, tmp_path, steps=4)
+    else:
+        trainer_class, sampler = RejectionSamplingTrainer, "sample"
+        config = ppo_config(tiny_llama_dir, dialog_file, tmp_path, steps=4, group_size=2)
+        config.stage, config.batch_size = "rejection-sampling", 2
+    config.save_steps, config.eval_data = 2, None
+    straight = trainer_class(config, reward=count_reward(target), progress=False)
     straight.train()
     expected = {k: v.clone() for k, v in straight._trainable().items()}
     (straight.output_dir / "checkpoints" / "latest").write_text("step-2")
-    again = RejectionSamplingTrainer(config, reward=count_reward(target), progress=False)
-    monkeypatch.setattr(again, "sample", lambda: pytest.fail("a resumed run must not sample again"))
+    again = trainer_class(config, reward=count_reward(target), progress=False)
+    monkeypatch.setattr(again, sampler, lambda: pytest.fail("a resumed run must not sample again"))
     again.train(resume=True)
     for name, value in again._trainable().items():
         assert torch.equal(value, expected[name]), name

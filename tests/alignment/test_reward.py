@@ -64,8 +64,10 @@ def test_reward_model_cli(tiny_llama_dir, pairs_file, tmp_path, capsys):
     result = RewardTrainer(config_for("reward", tiny_llama_dir, pairs_file, tmp_path), progress=False).train()
     out = tmp_path / "metrics.json"
     assert main(["reward", "eval", "--model", str(result.artifact), "--data", str(pairs_file), "--out", str(out)]) == 0
-    assert "accuracy 1.0000" in capsys.readouterr().out
-    assert json.loads(out.read_text())["accuracy"] == 1.0
+    printed = capsys.readouterr().out
+    assert "accuracy 1.0000" in printed and "| |margin| | pairs | accuracy |" in printed
+    written = json.loads(out.read_text())
+    assert written["accuracy"] == 1.0 and sum(b["pairs"] for b in written["by_margin"]) == written["pairs"]
     texts = tmp_path / "texts.txt"
     texts.write_text("Next to the park.\nTake an umbrella then.\n")
     assert main(["reward", "score", "--model", str(result.artifact), "--texts", str(texts)]) == 0

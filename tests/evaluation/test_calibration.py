@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tunelab.evaluation.calibration import (brier_score, calibration_metrics, expected_calibration_error,
-                                            fit_temperature)
+                                            fit_temperature, pair_accuracy_by_margin, pair_calibration_error)
 
 
 def test_ece_by_hand_with_equal_mass_bins():
@@ -42,3 +42,22 @@ def test_temperature_scaling_undoes_overconfidence_and_keeps_accuracy():
     assert after["accuracy"] == before["accuracy"]
     assert after["ece_10"] < before["ece_10"] / 2 and after["nll"] < before["nll"] and after["brier"] < before["brier"]
     assert math.isfinite(after["ece_1"])
+
+
+def test_pair_accuracy_by_margin_by_hand():
+    chosen = torch.tensor([0.1, 0.0, 2.0, 0.0, 3.0, -1.0])
+    rejected = torch.tensor([0.0, 0.3, 0.0, 1.0, 0.0, 1.0])
+    # |margins| 0.1, 0.3 | 1.0, 2.0 | 2.0, 3.0; right: 0.1, 2.0 (chosen), 3.0; wrong: 0.3, 1.0, 2.0 (-1 vs 1)
+    buckets = pair_accuracy_by_margin(chosen, rejected, buckets=3)
+    assert [b["pairs"] for b in buckets] == [2, 2, 2]
+    assert buckets[0]["margin_from"] == pytest.approx(0.1) and buckets[0]["margin_to"] == pytest.approx(0.3)
+    assert buckets[0]["accuracy"] == 0.5
+    assert buckets[0]["probability"] == pytest.approx((torch.sigmoid(torch.tensor(0.1)) + torch.sigmoid(torch.tensor(0.3))).item() / 2)
+    assert buckets[-1]["margin_to"] == pytest.approx(3.0)
+    assert sum(b["accuracy"] * b["pairs"] for b in buckets) == pytest.approx(3)
+
+
+def test_pair_calibration_error_is_the_classifier_ece_of_sigma_margin():
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])  # one right at σ(2), one wrong at σ(2)
+    confidence = torch.sigmoid(torch.tensor(2.0)).item()
+    assert pair_calibration_error(chosen, rejected, bins=1) == pytest.approx(abs(0.5 - confidence))

@@ -123,7 +123,8 @@ def test_two_process_cpu_run_under_accelerate_launch(tiny_llama_dir, dialog_file
     from pathlib import Path
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"method: lora\nmodel: {tiny_llama_dir}\ndata: {dialog_file}\nsplit: null\nmax_steps: 2\nbatch_size: 1\nlearning_rate: 0.01\nchat_template: 'off'\n")
+    # max_seconds: the processes agree on one clock each step (a collective), well within budget
+    recipe.write_text(f"method: lora\nmodel: {tiny_llama_dir}\ndata: {dialog_file}\nsplit: null\nmax_steps: 2\nbatch_size: 1\nlearning_rate: 0.01\nchat_template: 'off'\nmax_seconds: 1000\n")
     out = tmp_path / "ddp"
     launcher = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -163,3 +164,23 @@ def test_multitask_mixture(tiny_llama_dir, tmp_path):
     trainer = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False)
     assert len(trainer.rows) == 6
     trainer.train()
+
+
+def test_a_time_budget_stops_training_and_eval_seconds_evaluates_along_the_way(tiny_llama_dir, dialog_file, tmp_path, capsys):
+    # a budget of ~0 s: the first step passes it, so the run stops there and still saves
+    config = make_config(tiny_llama_dir, dialog_file, tmp_path / "budget", "lora", max_steps=6, max_seconds=1e-9)
+    config.eval_data, config.eval_split, config.eval_limit = str(dialog_file), None, 2
+    result = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False).train()
+    assert result.steps == 1 and (result.artifact / "adapter_config.json").is_file()
+    assert "passed max_seconds=1e-09" in capsys.readouterr().err
+    # eval_seconds of ~0: an evaluation after every step but the last (the final one is the end's)
+    config = make_config(tiny_llama_dir, dialog_file, tmp_path / "curve", "lora", max_steps=3, eval_seconds=1e-9)
+    config.eval_data, config.eval_split, config.eval_limit = str(dialog_file), None, 2
+    trainer = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+    trainer.train()
+    records = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evaluations] == [1, 2, 3]
+    assert all(r["elapsed"] > 0 for r in evaluations[:2])
+    steps = [r for r in records if "loss" in r]
+    assert all(a["elapsed"] < b["elapsed"] for a, b in zip(steps, steps[1:]))

@@ -12,17 +12,17 @@ Two uses, one selection rule:
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunelab.alignment.policy_eval import evaluate_policy, load_monitor, prompt_rows, sample_responses
-from tunelab.data import Example
+from tunelab.alignment.policy_eval import PolicyEvaluation, prompt_rows, sample_responses
 from tunelab.errors import TunelabError
-from tunelab.files import write_json, write_jsonl
+from tunelab.files import write_jsonl
 from tunelab.training.data import completion_row
 from tunelab.training.engine import Trainer, TrainResult
 
@@ -35,15 +35,61 @@ def pick_best(scores: Sequence[float], n: int) -> list[int]:
     return [max(range(n), key=lambda j: (scores[i + j], -j)) for i in range(0, len(scores), n)]
 
 
+def best_and_worst(scores: Sequence[float], n: int) -> list[tuple[int, int] | None]:
+    """For groups of n scores, the (highest, lowest) index within each group, or None when
+    the whole group scores the same (no preference to learn). Ties go to the earlier sample."""
+    if n < 2 or len(scores) % n:
+        raise ValueError(f"{len(scores)} scores do not split into groups of {n} (n >= 2)")
+    pairs: list[tuple[int, int] | None] = []
+    for i in range(0, len(scores), n):
+        group = scores[i : i + n]
+        best = max(range(n), key=lambda j: (group[j], -j))
+        worst = min(range(n), key=lambda j: (group[j], j))
+        pairs.append((best, worst) if group[best] > group[worst] else None)
+    return pairs
+
+
 def choose(prompts: Sequence[str], texts: Sequence[str], n: int, reward: Any) -> tuple[list[int], list[float]]:
     """Score ``texts`` (n per prompt, each prompt's side by side; ``prompts`` once each):
     (the best index within each group, every score)."""
-    repeated = [p for p in prompts for _ in range(n)]
-    scores = torch.as_tensor(reward(repeated, list(texts)), dtype=torch.float).tolist()
+    scores = score_groups(prompts, texts, n, reward)
     return pick_best(scores, n), scores
 
 
-class RejectionSamplingTrainer(Trainer):
+def score_groups(prompts: Sequence[str], texts: Sequence[str], n: int, reward: Any) -> list[float]:
+    repeated = [p for p in prompts for _ in range(n)]
+    return torch.as_tensor(reward(repeated, list(texts)), dtype=torch.float).tolist()
+
+
+def sample_groups(trainer: Any, prompts: Sequence[dict[str, Any]]) -> tuple[list[list[int]], list[str], list[float], float]:
+    """``ppo.group_size`` samples of each prompt row by a trainer's policy, scored by its
+    reward: (response ids, texts, scores, seconds), each prompt's samples side by side."""
+    settings, n = trainer.config.ppo, trainer.config.ppo.group_size
+    started = time.perf_counter()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    try:
+        responses, texts = sample_responses(model, trainer.tokenizer, [r["ids"] for r in prompts for _ in range(n)],
+                                            settings, max_new_tokens=settings.max_new_tokens, seed=trainer.config.seed,
+                                            batch_size=max(16, n), progress=trainer.progress, desc=f"{n} samples per prompt")
+        scores = score_groups([r["text"] for r in prompts], texts, n, trainer.reward)
+    finally:
+        model.train(was_training)
+    return responses, texts, scores, time.perf_counter() - started
+
+
+def made_once(path: Path, resume: bool, make: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows ``make()`` returns, written to ``path`` (JSONL); a resumed run reads them
+    back instead, so it trains on the very samples the interrupted run drew."""
+    if resume and path.is_file():
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rows = make()
+    write_jsonl(path, rows)
+    return rows
+
+
+class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
     """``stage: rejection-sampling``: best-of-n samples of the training prompts, then
     supervised fine-tuning on them through the engine's loop."""
 
@@ -54,15 +100,9 @@ class RejectionSamplingTrainer(Trainer):
         if config.ppo.group_size < 2:
             raise TunelabError("stage rejection-sampling keeps the best of ppo.group_size samples: set it to 2 or more")
         super().__init__(config, loaded, progress=progress)
-        if reward is None:
-            from tunelab.alignment.reward import load_reward
-
-            reward = load_reward(config.ppo.reward, output=config.ppo.reward_output, label=config.ppo.reward_label)
-        self.reward = reward
-        self.monitor = monitor if monitor is not None else load_monitor(config.ppo)
+        self.set_scorers(reward, monitor)
         self.prompts = self.rows  # prompt rows until the samples replace them
         self.before: dict[str, Any] | None = None
-        self.sampling_seconds = 0.0
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         return prompt_rows(self.config, self.builder, self.tokenizer, self.loaded.is_encoder_decoder, data, split, limit)
@@ -71,63 +111,30 @@ class RejectionSamplingTrainer(Trainer):
         return len(row["input_ids"]) + (len(row["labels"]) if self.loaded.is_encoder_decoder else 0)
 
     def evaluate(self) -> dict[str, float]:
-        return {}  # the held-out evaluation of a policy generates: see on_train_end
+        return {}  # the held-out evaluation of a policy generates: see PolicyEvaluation
 
     def sample(self) -> list[dict[str, Any]]:
         """n samples of each training prompt, the best kept (with every score)."""
-        settings, n = self.config.ppo, self.config.ppo.group_size
-        started = time.perf_counter()
-        model = self.accelerator.unwrap_model(self.model).eval()
-        responses, texts = sample_responses(model, self.tokenizer, [r["ids"] for r in self.prompts for _ in range(n)],
-                                            settings, max_new_tokens=settings.max_new_tokens, seed=self.config.seed,
-                                            batch_size=max(16, n), progress=self.progress, desc=f"best of {n}")
-        best, scores = choose([r["text"] for r in self.prompts], texts, n, self.reward)
-        model.train()
-        self.sampling_seconds = time.perf_counter() - started
+        n = self.config.ppo.group_size
+        responses, texts, scores, self.setup_seconds = sample_groups(self, self.prompts)
         kept = []
-        for i, (row, j) in enumerate(zip(self.prompts, best)):
+        for i, (row, j) in enumerate(zip(self.prompts, pick_best(scores, n))):
             kept.append({"prompt": row["text"], "prompt_ids": row["ids"], "response": texts[i * n + j],
                          "response_ids": responses[i * n + j], "score": scores[i * n + j],
                          "scores": scores[i * n : (i + 1) * n]})
         return kept
 
     def train(self, resume: bool = False) -> TrainResult:
-        import json
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.SAMPLES_FILE
-        if resume and path.is_file():
-            kept = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            self.before = json.loads((self.output_dir / "eval_before.json").read_text()) if self.eval_rows else None
-        else:
-            if self.eval_rows:
-                self.before = self._evaluate_policy("before")
-                write_json(self.output_dir / "eval_before.json", self.before)
-            kept = self.sample()
-            write_jsonl(path, kept)
+        self.evaluate_before(resume)
+        kept = made_once(path, resume, self.sample)
         self.rows = [completion_row(k["prompt_ids"], k["response_ids"], self.loaded.is_encoder_decoder) for k in kept]
         return super().train(resume)
 
     def on_train_end(self, result: TrainResult) -> TrainResult:
-        if self.accelerator.is_main_process:
-            result.summary["sampling_seconds"] = round(self.sampling_seconds, 1)
-            if self.before is not None:
-                comparison = {"before": self.before, "after": self._evaluate_policy("after")}
-                write_json(self.output_dir / "eval.json", comparison)
-                result.summary["eval"] = comparison
-            write_json(self.output_dir / "summary.json", result.summary)
-        return result
-
-    def _evaluate_policy(self, name: str) -> dict[str, Any]:
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
-            return evaluate_policy(model, self.tokenizer, self.eval_rows, self.reward,
-                                   max_new_tokens=self.config.ppo.max_new_tokens, output=self.output_dir / f"eval_{name}.jsonl",
-                                   progress=self.progress, desc=f"eval ({name})", monitor=self.monitor)
-        finally:
-            model.train(was_training)
+        return self.evaluate_after(result, sampling_seconds=round(self.setup_seconds, 1))
 
 
-__all__ = ["RejectionSamplingTrainer", "choose", "pick_best"]
+__all__ = ["RejectionSamplingTrainer", "best_and_worst", "choose", "made_once", "pick_best", "sample_groups",
+           "score_groups"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from typing import Any
 
 import torch
@@ -64,6 +65,8 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor], is_encoder_decode
 
 
 class DPOTrainer(Trainer):
+    evaluates_pairs = True  # eval_rows are held-out pairs (rollout-dpo's are prompts)
+
     def __init__(self, config: Any, loaded: Any = None, *, progress: bool = True) -> None:
         super().__init__(config, loaded, progress=progress)
         if config.dpo.disable_dropout:
@@ -131,8 +134,11 @@ class DPOTrainer(Trainer):
         if self.config.dpo.precompute_reference:
             # before any update (and before --resume loads trained weights): the start is the reference
             print("tunelab train: computing reference log-probs once (dpo.precompute_reference)", file=sys.stderr)
+            started = time.perf_counter()
             self._precompute(self.rows, "reference (train)")
-            self._precompute(self.eval_rows, "reference (eval)")
+            self.setup_seconds += time.perf_counter() - started  # the method's own compute (max_seconds)
+            if self.evaluates_pairs:
+                self._precompute(self.eval_rows, "reference (eval)")
         return super().train(resume)
 
     # -- loss -----------------------------------------------------------------------------------

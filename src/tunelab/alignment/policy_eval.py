@@ -10,6 +10,7 @@ the prompts have references. Every response with its scores goes to a JSONL file
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from tunelab.data import load_examples
 from tunelab.errors import TunelabError
 from tunelab.evaluation import distinct_n, rouge
-from tunelab.files import write_jsonl
+from tunelab.files import write_json, write_jsonl
 from tunelab.training.data import fit_prompt
 
 
@@ -169,5 +170,70 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], 
     return summarise(scored, [r.get("references") or [] for r in rows], label)
 
 
-__all__ = ["Monitor", "ScoredTexts", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows",
+class PolicyEvaluation:
+    """The held-out evaluation of a trainer's policy (PPO, RLOO, GRPO, rejection sampling,
+    rollout DPO): greedy answers to ``eval_rows`` before training (``eval_before.json``,
+    read back by a resumed run), along the way at ``eval_steps``/``eval_seconds`` (the
+    numbers as ``heldout_*`` in metrics.jsonl, the answers in ``eval_step-N.jsonl``) and
+    after (``eval.json`` with both). A mixin for an engine Trainer with ``reward`` and
+    ``monitor`` set."""
+
+    before: dict[str, Any] | None = None
+
+    def set_scorers(self, reward: Any = None, monitor: Any = None) -> None:
+        """The run's reward (given, as tests do, or loaded from ``ppo.reward``) and its
+        optional monitor (given, or from ``ppo.monitor_reward``)."""
+        settings = self.config.ppo
+        if reward is None:
+            from tunelab.alignment.reward import load_reward
+
+            if not settings.reward:
+                raise TunelabError("ppo.reward is not set: give a reward model or classifier folder, or module:function")
+            reward = load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
+        self.reward = reward
+        self.monitor = monitor if monitor is not None else load_monitor(settings)
+
+    def evaluate_policy(self, name: str) -> dict[str, Any]:
+        """Greedy responses to the held-out prompts, scored; every response goes to eval_<name>.jsonl."""
+        main = self.accelerator.is_main_process
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            return evaluate_policy(model, self.tokenizer, self.eval_rows, self.reward,
+                                   max_new_tokens=self.config.ppo.max_new_tokens,
+                                   output=self.output_dir / f"eval_{name}.jsonl" if main else None,
+                                   progress=self.progress, desc=f"eval ({name})", monitor=self.monitor)
+        finally:
+            model.train(was_training)
+
+    def evaluate_before(self, resume: bool) -> None:
+        path = self.output_dir / "eval_before.json"
+        if resume and path.is_file():
+            self.before = json.loads(path.read_text())
+        elif self.eval_rows:
+            self.before = self.evaluate_policy("before")
+            if self.accelerator.is_main_process:
+                write_json(path, self.before)
+
+    def evaluate_during_training(self, state: dict[str, Any]) -> dict[str, float]:
+        if not self.eval_rows:
+            return {}
+        summary = self.evaluate_policy(f"step-{state['step']}")
+        return {f"heldout_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
+
+    def evaluate_after(self, result: Any, **extra: Any) -> Any:
+        """eval.json = before and after; both (and ``extra`` numbers) go into summary.json too."""
+        result.summary.update(extra)
+        if self.before is not None and self.eval_rows:
+            comparison = {"before": self.before, "after": self.evaluate_policy("after")}
+            result.summary["eval"] = comparison
+            if self.accelerator.is_main_process:
+                write_json(self.output_dir / "eval.json", comparison)
+        if self.accelerator.is_main_process and (extra or "eval" in result.summary):
+            write_json(self.output_dir / "summary.json", result.summary)
+        return result
+
+
+__all__ = ["Monitor", "PolicyEvaluation", "ScoredTexts", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows",
            "sample_responses", "score_texts", "summarise", "write_responses"]

@@ -29,20 +29,17 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from tunelab.alignment import losses as L
-from tunelab.data import load_examples
 from tunelab.errors import TunelabError
-from tunelab.alignment.policy_eval import (evaluate_policy, greedy_responses, load_monitor, prompt_rows, sample_responses,
+from tunelab.alignment.policy_eval import (PolicyEvaluation, greedy_responses, prompt_rows, sample_responses,
                                            score_texts)
 from tunelab.files import write_json
 from tunelab.models.adapters import PEFT_CONFIG, check_safetensors
-from tunelab.training.data import fit_prompt
 from tunelab.training.engine import Trainer, TrainingError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -138,7 +135,7 @@ def trim_prompt_padding(batch: dict[str, torch.Tensor], is_encoder_decoder: bool
 ESTIMATORS = {"ppo": "gae", "rloo": "rloo", "grpo": "grpo"}  # stage -> how advantages are estimated
 
 
-class PPOTrainer(Trainer):
+class PPOTrainer(PolicyEvaluation, Trainer):
     """``stage: ppo`` (GAE with a value head), ``rloo`` and ``grpo`` (k samples per
     prompt, a group baseline, no value head). One step of the engine's loop is a whole
     rollout -> score -> update; the KL coefficient and reward statistics ride in its
@@ -162,8 +159,7 @@ class PPOTrainer(Trainer):
         if 0 < settings.hardest_prompts < settings.rollout_batch_size:
             raise TunelabError("ppo: hardest_prompts must be 0 (all prompts) or at least rollout_batch_size")
         super().__init__(config, loaded, progress=progress)
-        self.reward = reward if reward is not None else self._load_reward()
-        self.monitor = monitor if monitor is not None else load_monitor(settings)
+        self.set_scorers(reward, monitor)
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.accelerator.device) if self.estimator == "gae" else None
         self.reference_model = None
         if config.method != "lora" and not hasattr(self.model, "disable_adapter"):
@@ -189,14 +185,6 @@ class PPOTrainer(Trainer):
         model.load_adapter(init, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")
         return model
-
-    def _load_reward(self) -> Any:
-        from tunelab.alignment.reward import load_reward
-
-        settings = self.config.ppo
-        if not settings.reward:
-            raise TunelabError("ppo.reward is not set: give a reward model or classifier folder, or module:function")
-        return load_reward(settings.reward, output=settings.reward_output, label=settings.reward_label)
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         return prompt_rows(self.config, self.builder, self.tokenizer, self.loaded.is_encoder_decoder, data, split, limit)
@@ -403,18 +391,15 @@ class PPOTrainer(Trainer):
 
     def train(self, resume: bool = False) -> Any:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
         self._keep_hardest(resume)  # before the engine counts steps: it may shrink the prompts
+        self.setup_seconds = time.perf_counter() - started  # part of training's compute (max_seconds)
         if len(self.rows) < self.config.ppo.rollout_batch_size:
             raise TunelabError(f"{self.config.stage}: {len(self.rows)} prompts, fewer than rollout_batch_size={self.config.ppo.rollout_batch_size}")
         return super().train(resume)
 
     def on_train_begin(self, resume: bool) -> None:
-        if resume:
-            self.before = _read_json(self.output_dir / "eval_before.json")
-        elif self.eval_rows:
-            self.before = self.evaluate_policy("before")
-            if self.accelerator.is_main_process:
-                write_json(self.output_dir / "eval_before.json", self.before)
+        self.evaluate_before(resume)
 
     def training_step(self, state: dict[str, Any]) -> dict[str, float]:
         rows = self._step_rows(state)
@@ -437,13 +422,7 @@ class PPOTrainer(Trainer):
             self._stop_on_kl(record["kl"], state)
 
     def on_train_end(self, result: Any) -> Any:
-        after = self.evaluate_policy("after") if self.eval_rows else None
-        if self.before is not None and after is not None and self.accelerator.is_main_process:
-            comparison = {"before": self.before, "after": after}
-            write_json(self.output_dir / "eval.json", comparison)
-            result.summary["eval"] = comparison
-            write_json(self.output_dir / "summary.json", result.summary)
-        return result
+        return self.evaluate_after(result)
 
     def _stop_on_kl(self, kl: float, state: dict[str, Any]) -> None:
         latest = self.output_dir / "checkpoints" / "latest"
@@ -455,7 +434,7 @@ class PPOTrainer(Trainer):
         )
 
     def evaluate(self) -> dict[str, float]:
-        return {}  # the held-out evaluation of a policy generates: see evaluate_policy
+        return {}  # the held-out evaluation of a policy generates: see PolicyEvaluation
 
     def save_artifact(self, model: Any, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -503,14 +482,6 @@ class PPOTrainer(Trainer):
                                          [r["ids"] for r in self.rows], self.config.ppo.max_new_tokens,
                                          progress=self.progress, desc="finding the hardest prompts")
         return texts, score_texts(self.reward, [r["text"] for r in self.rows], texts, tokens).scores
-
-    def evaluate_policy(self, name: str) -> dict[str, Any]:
-        """Greedy responses to the held-out prompts, scored (alignment/policy_eval.py);
-        every response goes to eval_<name>.jsonl."""
-        output = self.output_dir / f"eval_{name}.jsonl" if self.accelerator.is_main_process else None
-        return evaluate_policy(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_rows, self.reward,
-                               max_new_tokens=self.config.ppo.max_new_tokens, output=output, progress=self.progress,
-                               desc=f"eval ({name})", monitor=self.monitor)
 
 
 def _read_json(path: Path) -> Any:

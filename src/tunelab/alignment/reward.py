@@ -343,13 +343,19 @@ def load_reward(spec: str, *, output: str = "logit", label: str | None = None, d
     return ModelScorer(spec, output=output, label=label, device=device)
 
 
-def evaluate_pairs(scorer: ModelScorer, source: str, split: str | None = None, limit: int | None = None) -> dict[str, float]:
-    """Held-out pair accuracy and mean margin of a reward model on a pairs file."""
+def evaluate_pairs(scorer: ModelScorer, source: str, split: str | None = None, limit: int | None = None,
+                   buckets: int = 4) -> dict[str, Any]:
+    """Held-out pair accuracy and mean margin of a reward model on a pairs file, with its
+    calibration as a judge of which answer is preferred (ECE of sigma(margin), 10 bins)
+    and accuracy by margin bucket (is it right more often where it is more confident?)."""
+    from tunelab.evaluation.calibration import pair_accuracy_by_margin, pair_calibration_error
+
     pairs = load_pairs(source, split, limit)
     prompts = [p.prompt for p in pairs]
     chosen = scorer(prompts, [p.chosen for p in pairs])
     rejected = scorer(prompts, [p.rejected for p in pairs])
-    return pair_metrics(chosen, rejected)
+    return {**pair_metrics(chosen, rejected), "ece_10": pair_calibration_error(chosen, rejected),
+            "by_margin": pair_accuracy_by_margin(chosen, rejected, buckets)}
 
 
 def calibrate_classifier(scorer: ModelScorer, validation: Sequence[tuple[str, int, str]],

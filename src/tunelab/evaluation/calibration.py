@@ -32,6 +32,28 @@ def expected_calibration_error(probabilities: torch.Tensor, gold: torch.Tensor, 
     return sum(len(g) / total * abs(correct[g].mean() - confidence[g].mean()).item() for g in groups)
 
 
+def pair_accuracy_by_margin(chosen: torch.Tensor, rejected: torch.Tensor, buckets: int = 4) -> list[dict[str, float]]:
+    """Preference pairs split by a reward model's confidence, |r_chosen - r_rejected|, into
+    ``buckets`` equal-count groups (least confident first). Each has its margin range, its
+    pairs, its accuracy (how often r_chosen > r_rejected) and the Bradley-Terry probability
+    sigma(|margin|) the model gives its own pick, averaged: a reward model worth its
+    confidence is right more often in the confident buckets, and a calibrated one is
+    right as often as that probability says."""
+    margin = (chosen - rejected).detach().float()
+    confidence = margin.abs()
+    groups = [g for g in torch.tensor_split(confidence.argsort(), buckets) if len(g)]
+    return [{"margin_from": confidence[g].min().item(), "margin_to": confidence[g].max().item(), "pairs": len(g),
+             "accuracy": (margin[g] > 0).float().mean().item(),
+             "probability": torch.sigmoid(confidence[g]).mean().item()} for g in groups]
+
+
+def pair_calibration_error(chosen: torch.Tensor, rejected: torch.Tensor, bins: int = 10) -> float:
+    """ECE of a reward model read as a classifier of which answer is preferred:
+    P(chosen) = sigma(r_chosen - r_rejected) (Bradley-Terry), equal-mass bins."""
+    probabilities = torch.stack([rejected, chosen], -1).detach().float().softmax(-1)
+    return expected_calibration_error(probabilities, torch.ones(len(chosen), dtype=torch.long), bins)
+
+
 def brier_score(probabilities: torch.Tensor, gold: torch.Tensor) -> float:
     """Mean squared distance between the probability vector and the one-hot answer (0 is
     perfect; summed over classes, as Brier defined it)."""

@@ -86,6 +86,9 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.step_metrics: dict[str, float] = {}  # extra per-step numbers a loss() reports
+        # training work a stage does before its first step (rejection sampling's samples):
+        # the training clock starts there, so max_seconds budgets every method alike
+        self.setup_seconds = 0.0
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if config.bf16 else "no"
@@ -356,7 +359,7 @@ class Trainer:
 
         config = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        total = self.total_steps()
+        total = self.total_steps_planned = self.total_steps()
         self._params = self.trainable_parameters()
         if not self._params:
             raise TrainingError(f"method '{config.method}' left no parameter trainable")
@@ -365,7 +368,7 @@ class Trainer:
             config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
         )
         self.prepare_for_training()
-        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0}
+        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": self.setup_seconds, "eval_mark": 0}
         if resume:
             state = self.load_checkpoint()
             self.restore_checkpoint_state(state)
@@ -373,16 +376,49 @@ class Trainer:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             write_json(self.output_dir / "config.json", asdict(config))
         self.on_train_begin(resume)
-        started = time.perf_counter() - state["elapsed"]
         bar = tqdm(total=total, initial=state["step"], desc=f"{config.stage} {config.method}", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
-        while state["step"] < total:
+        while not self._done(state, total):
+            started = time.perf_counter()
             record = self.training_step(state)
             state["step"] += 1
-            state["elapsed"] = time.perf_counter() - started
+            # the clock counts steps, not the evaluations and checkpoint writes between them
+            state["elapsed"] = self._agreed_clock(state["elapsed"] + time.perf_counter() - started)
             self._after_step(state, record, bar)
         bar.close()
+        if state["step"] < total:
+            print(f"tunelab train: stopped after step {state['step']} of {total}: the training clock passed "
+                  f"max_seconds={config.max_seconds:g} ({state['elapsed']:.0f} s)", file=sys.stderr)
         return self.on_train_end(self._finish(state))
+
+    def _agreed_clock(self, elapsed: float) -> float:
+        """Under several processes, the slowest one's clock: every process must stop (and
+        evaluate) at the same step, or the others wait forever in a collective."""
+        timed = self.config.max_seconds or self.config.eval_seconds
+        if not timed or self.accelerator.num_processes == 1:
+            return elapsed
+        clock = torch.tensor([elapsed], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(clock, reduction="max").item())
+
+    def _done(self, state: dict[str, Any], total: int) -> bool:
+        out_of_time = self.config.max_seconds > 0 and state["elapsed"] >= self.config.max_seconds
+        return state["step"] >= total or out_of_time
+
+    def evaluate_during_training(self, state: dict[str, Any]) -> dict[str, float]:
+        """The evaluation at eval_steps / eval_seconds (the final one is _finish's)."""
+        return self.evaluate() if self.eval_rows else {}
+
+    def _eval_due(self, state: dict[str, Any], last: bool) -> bool:
+        config = self.config
+        if config.eval_steps and state["step"] % config.eval_steps == 0:
+            return True
+        if not config.eval_seconds or last:  # the end of training has its own evaluation
+            return False
+        mark = int(state["elapsed"] // config.eval_seconds)
+        if mark <= state.get("eval_mark", 0):
+            return False
+        state["eval_mark"] = mark
+        return True
 
     def _after_step(self, state: dict[str, Any], record: dict[str, float], bar: Any) -> None:
         config = self.config
@@ -391,8 +427,10 @@ class Trainer:
         if state["step"] % config.logging_steps == 0:
             self.log({"step": state["step"], "epoch": state["epoch"], **record,
                       "lr": self.scheduler.get_last_lr()[0], "tokens": state["tokens"], "elapsed": round(state["elapsed"], 2)})
-        if config.eval_steps and self.eval_rows and state["step"] % config.eval_steps == 0:
-            self.log({"step": state["step"], **self.evaluate()})
+        if self._eval_due(state, last=self._done(state, self.total_steps_planned)):
+            metrics = self.evaluate_during_training(state)
+            if metrics:
+                self.log({"step": state["step"], "elapsed": round(state["elapsed"], 2), **metrics})
         self.after_step(state, record)
         if config.save_steps and state["step"] % config.save_steps == 0 and self.accelerator.is_main_process:
             self.save_checkpoint({**state, **self.checkpoint_state()})
