@@ -24,6 +24,8 @@ from tunelab.training.data import completion_row
 
 
 class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
+    """``stage: rollout-dpo``: pairs from the policy's own scored samples, then DPO."""
+
     PAIRS_FILE = "rollout_pairs.jsonl"
     evaluates_pairs = False  # eval_rows are held-out prompts, answered greedily (PolicyEvaluation)
 
