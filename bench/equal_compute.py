@@ -12,7 +12,9 @@ PPO/RLOO/GRPO, the sampling and scoring of rejection sampling and of rollout DPO
 DPO's reference pass) and their fine-tuning steps; not model loading, and not the
 held-out evaluations, which are the same greedy answers to the same prompts for every
 method. A method whose recipe ends before the budget (the two sampling methods fine-tune
-for a fixed number of epochs) stops there: the table says how much of the budget each used.
+for a fixed number of epochs) stops there, and a method's sampling before its first step
+is not cut short (so it can overrun the budget): the table's training seconds say how
+much each used.
 
 Writes <out>/compare.json, <out>/compare.png (the held-out mean probability of the
 rewarded class against training seconds, one line per method) and prints a Markdown
@@ -35,16 +37,16 @@ LABS = {
 }  # Lab B (redteam-detox-*) has PPO and RLOO recipes only so far: not yet a comparison of five
 
 
-def run_method(recipe: Path, folder: Path, args: argparse.Namespace) -> float:
-    """One method in its own process; returns its wall seconds (model loading included)."""
+def run_method(recipe: Path, folder: Path, args: argparse.Namespace) -> tuple[float, int]:
+    """One method in its own process: (wall seconds, model loading included; exit code)."""
     command = [sys.executable, "-m", "tunelab", "train", str(recipe), f"seed={args.seed}",
                f"max_seconds={args.budget}", f"eval_seconds={args.eval_seconds}", f"eval_limit={args.eval_limit}",
                "save_steps=0", *args.set, "--output-dir", str(folder)]
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
     with open(folder.with_suffix(".log"), "w") as log:
-        subprocess.run(command, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return time.perf_counter() - started
+        code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    return time.perf_counter() - started, code
 
 
 def curve(folder: Path) -> list[dict[str, float]]:
@@ -121,7 +123,10 @@ def main() -> int:
     for method in args.methods.split(","):
         recipe = ROOT / "recipes" / f"{LABS[args.lab][method]}.yaml"
         folder = out / method
-        wall = run_method(recipe, folder, args)
+        wall, code = run_method(recipe, folder, args)
+        if code != 0:  # one method failing must not cost the others their run
+            print(f"{method} failed (exit {code}): see {folder.with_suffix('.log')}", file=sys.stderr)
+            continue
         comparison = json.loads((folder / "eval.json").read_text())
         summary = json.loads((folder / "summary.json").read_text())
         results[method] = {"recipe": recipe.name, "steps": summary["steps"], "train_seconds": summary["train_seconds"],
@@ -129,6 +134,8 @@ def main() -> int:
                            "after": _numbers(comparison["after"]), "curve": curve(folder)}
         (out / "compare.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
                                                       "results": results}, indent=2))
+    if not results:
+        return 1
     plot(results, out / "compare.png", args.lab, args.budget)
     print(table(results))
     print(f"\n{out / 'compare.json'}, {out / 'compare.png'}")

@@ -133,11 +133,11 @@ def test_a_resumed_sampling_run_reuses_its_samples(stage, tiny_llama_dir, dialog
         config.stage, config.batch_size = "rejection-sampling", 2
     config.save_steps, config.eval_data = 2, None
     straight = trainer_class(config, reward=count_reward(target), progress=False)
-    straight.train()
+    sampled = straight.train().summary["sampling_seconds"]
     expected = {k: v.clone() for k, v in straight._trainable().items()}
     (straight.output_dir / "checkpoints" / "latest").write_text("step-2")
     again = trainer_class(config, reward=count_reward(target), progress=False)
     monkeypatch.setattr(again, sampler, lambda: pytest.fail("a resumed run must not sample again"))
-    again.train(resume=True)
+    assert again.train(resume=True).summary["sampling_seconds"] == sampled > 0  # its time comes back with it
     for name, value in again._trainable().items():
         assert torch.equal(value, expected[name]), name

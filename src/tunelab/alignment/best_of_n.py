@@ -79,13 +79,15 @@ def sample_groups(trainer: Any, prompts: Sequence[dict[str, Any]]) -> tuple[list
     return responses, texts, scores, time.perf_counter() - started
 
 
-def made_once(path: Path, resume: bool, make: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The rows ``make()`` returns, written to ``path`` (JSONL); a resumed run reads them
-    back instead, so it trains on the very samples the interrupted run drew."""
+def made_once(path: Path, resume: bool, make: Callable[[], list[dict[str, Any]]], main: bool = True) -> list[dict[str, Any]]:
+    """The rows ``make()`` returns, written to ``path`` (JSONL) by the main process; a
+    resumed run reads them back instead, so it trains on the very samples the
+    interrupted run drew."""
     if resume and path.is_file():
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     rows = make()
-    write_jsonl(path, rows)
+    if main:
+        write_jsonl(path, rows)
     return rows
 
 
@@ -128,9 +130,15 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.SAMPLES_FILE
         self.evaluate_before(resume)
-        kept = made_once(path, resume, self.sample)
+        kept = made_once(path, resume, self.sample, self.accelerator.is_main_process)
         self.rows = [completion_row(k["prompt_ids"], k["response_ids"], self.loaded.is_encoder_decoder) for k in kept]
         return super().train(resume)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"sampling_seconds": self.setup_seconds}  # a resumed run reads its samples, not their time
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.setup_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: TrainResult) -> TrainResult:
         return self.evaluate_after(result, sampling_seconds=round(self.setup_seconds, 1))

@@ -209,8 +209,8 @@ class PolicyEvaluation:
 
     def evaluate_before(self, resume: bool) -> None:
         path = self.output_dir / "eval_before.json"
-        if resume and path.is_file():
-            self.before = json.loads(path.read_text())
+        if resume:  # the weights are no longer the start's: only what was measured then counts
+            self.before = json.loads(path.read_text()) if path.is_file() else None
         elif self.eval_rows:
             self.before = self.evaluate_policy("before")
             if self.accelerator.is_main_process:

@@ -67,12 +67,18 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.PAIRS_FILE
         self.evaluate_before(resume)
-        pairs = made_once(path, resume, self.make_pairs)
+        pairs = made_once(path, resume, self.make_pairs, self.accelerator.is_main_process)
         encoder_decoder = self.loaded.is_encoder_decoder
         self.rows = [{"chosen": completion_row(p["prompt_ids"], p["chosen_ids"], encoder_decoder),
                       "rejected": completion_row(p["prompt_ids"], p["rejected_ids"], encoder_decoder)} for p in pairs]
         self.pair_count = len(pairs)
         return super().train(resume)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"sampling_seconds": self.sampling_seconds}  # a resumed run reads its pairs, not their time
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.sampling_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: Any) -> Any:
         return self.evaluate_after(result, sampling_seconds=round(self.sampling_seconds, 1), pairs=self.pair_count)

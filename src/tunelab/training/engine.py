@@ -368,7 +368,9 @@ class Trainer:
             config.scheduler, self.optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
         )
         self.prepare_for_training()
-        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": self.setup_seconds, "eval_mark": 0}
+        # every process must start from the same clock, or one could stop before a step the others take
+        state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": self._agreed_clock(self.setup_seconds),
+                 "eval_mark": 0}
         if resume:
             state = self.load_checkpoint()
             self.restore_checkpoint_state(state)
@@ -410,15 +412,13 @@ class Trainer:
 
     def _eval_due(self, state: dict[str, Any], last: bool) -> bool:
         config = self.config
-        if config.eval_steps and state["step"] % config.eval_steps == 0:
-            return True
-        if not config.eval_seconds or last:  # the end of training has its own evaluation
+        if last:  # the end of training has its own evaluation (_finish)
             return False
-        mark = int(state["elapsed"] // config.eval_seconds)
-        if mark <= state.get("eval_mark", 0):
-            return False
-        state["eval_mark"] = mark
-        return True
+        mark = int(state["elapsed"] // config.eval_seconds) if config.eval_seconds else 0
+        due = bool(config.eval_steps and state["step"] % config.eval_steps == 0) or mark > state.get("eval_mark", 0)
+        if due:  # an evaluation by steps also counts as the one due by time
+            state["eval_mark"] = max(mark, state.get("eval_mark", 0))
+        return due
 
     def _after_step(self, state: dict[str, Any], record: dict[str, float], bar: Any) -> None:
         config = self.config
