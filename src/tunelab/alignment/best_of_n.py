@@ -141,7 +141,7 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         self.setup_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: TrainResult) -> TrainResult:
-        return self.evaluate_after(result, sampling_seconds=round(self.setup_seconds, 1))
+        return self.evaluate_after(result, sampling_seconds=round(self.setup_seconds, 3))
 
 
 __all__ = ["RejectionSamplingTrainer", "best_and_worst", "choose", "made_once", "pick_best", "sample_groups",

@@ -81,7 +81,7 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
         self.sampling_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: Any) -> Any:
-        return self.evaluate_after(result, sampling_seconds=round(self.sampling_seconds, 1), pairs=self.pair_count)
+        return self.evaluate_after(result, sampling_seconds=round(self.sampling_seconds, 3), pairs=self.pair_count)
 
 
 __all__ = ["RolloutDPOTrainer"]
