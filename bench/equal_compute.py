@@ -2,9 +2,13 @@
 
     python bench/equal_compute.py --lab sentiment [--budget 360] [--eval-seconds 120]
         [--eval-limit 100] [--seed 0] [--out runs/compare-sentiment]
+    python bench/equal_compute.py --lab redteam --budget 480 --eval-seconds 240
 
-Each method is its lab's shipped recipe (recipes/<lab>-<method>.yaml) run by `tunelab
-train` in its own process, one after the other, with three things changed for all alike:
+Each method is its lab's shipped recipe (recipes/sentiment-<method>.yaml, recipes/
+redteam-detox-<method>.yaml) run by `tunelab train` in its own process, one after the
+other. In Lab B, PPO's recipe trains on every request; here it is given the prompt rule
+of the others (the requests the toxicity classifier scores most toxic, of the first
+800), so that only the method differs. Three things are changed for all alike:
 ``max_seconds`` (the budget), ``eval_seconds`` (a held-out evaluation each time the
 training clock passes another multiple of it) and ``eval_limit`` (the held-out prompts).
 The training clock counts training work only: the rollouts, scoring and updates of
@@ -31,17 +35,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LABS = {
-    "sentiment": {"ppo": "sentiment-ppo", "rloo": "sentiment-rloo", "grpo": "sentiment-grpo",
-                  "best-of-n": "sentiment-best-of-n", "rollout-dpo": "sentiment-rollout-dpo"},
-}  # Lab B (redteam-detox-*) has PPO and RLOO recipes only so far: not yet a comparison of five
+METHODS = ("ppo", "rloo", "grpo", "best-of-n", "rollout-dpo")
+LABS = {  # lab: (recipe name prefix, extra overrides by method)
+    "sentiment": ("sentiment", {}),
+    "redteam": ("redteam-detox", {"ppo": ["limit=800", "ppo.hardest_prompts=128", "ppo.hardest_by=prompt"]}),
+}
 
 
-def run_method(recipe: Path, folder: Path, args: argparse.Namespace) -> tuple[float, int]:
+def run_method(recipe: Path, folder: Path, args: argparse.Namespace, extra: list[str]) -> tuple[float, int]:
     """One method in its own process: (wall seconds, model loading included; exit code)."""
     command = [sys.executable, "-m", "tunelab", "train", str(recipe), f"seed={args.seed}",
                f"max_seconds={args.budget}", f"eval_seconds={args.eval_seconds}", f"eval_limit={args.eval_limit}",
-               "save_steps=0", *args.set, "--output-dir", str(folder)]
+               "save_steps=0", *extra, *args.set, "--output-dir", str(folder)]
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
     with open(folder.with_suffix(".log"), "w") as log:
@@ -108,7 +113,7 @@ def table(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lab", choices=sorted(LABS), required=True)
-    parser.add_argument("--methods", default=",".join(LABS["sentiment"]), help="comma-separated, in run order")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, in run order")
     parser.add_argument("--budget", type=float, default=360.0, help="training seconds per method (max_seconds)")
     parser.add_argument("--eval-seconds", type=float, default=120.0, help="held-out evaluation every this many training seconds")
     parser.add_argument("--eval-limit", type=int, default=100, help="held-out prompts (the first N of the recipe's eval split)")
@@ -119,11 +124,15 @@ def main() -> int:
     args = parser.parse_args()
     out = (args.out or Path("runs") / f"compare-{args.lab}").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    prefix, extras = LABS[args.lab]
+    methods = args.methods.split(",")
+    if unknown := sorted(set(methods) - set(METHODS)):
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     results = {}
-    for method in args.methods.split(","):
-        recipe = ROOT / "recipes" / f"{LABS[args.lab][method]}.yaml"
+    for method in methods:
+        recipe = ROOT / "recipes" / f"{prefix}-{method}.yaml"
         folder = out / method
-        wall, code = run_method(recipe, folder, args)
+        wall, code = run_method(recipe, folder, args, extras.get(method, []))
         if code != 0:  # one method failing must not cost the others their run
             print(f"{method} failed (exit {code}): see {folder.with_suffix('.log')}", file=sys.stderr)
             continue

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.alignment.test_ppo import count_reward, metrics, ppo_config, toy
+from tests.alignment.test_ppo import count_reward, metrics, ppo_config, prompts_of_three_lengths, toy
 from tunelab.alignment.best_of_n import RejectionSamplingTrainer, best_and_worst, choose, pick_best
 from tunelab.alignment.rollout_dpo import RolloutDPOTrainer
 from tunelab.errors import PromptError
@@ -141,3 +141,29 @@ def test_a_resumed_sampling_run_reuses_its_samples(stage, tiny_llama_dir, dialog
     assert again.train(resume=True).summary["sampling_seconds"] == sampled > 0  # its time comes back with it
     for name, value in again._trainable().items():
         assert torch.equal(value, expected[name]), name
+
+
+@pytest.mark.parametrize("stage", ["rejection-sampling", "rollout-dpo"])
+def test_sampling_stages_keep_the_recipes_hardest_prompts(stage, tiny_llama_dir, tmp_path):
+    """ppo.hardest_prompts works for the sampling stages as for PPO: only the chosen
+    training prompts are sampled (here the longest raw prompts, as minus-length rates them)."""
+    prompts = prompts_of_three_lengths(tmp_path)
+
+    def minus_length(prompts, responses):
+        return [-float(len(r)) - 0.01 * i for i, r in enumerate(responses)]  # no ties: every group has a pair
+
+    config = rollout_dpo_config(tiny_llama_dir, prompts, tmp_path, steps=1) if stage == "rollout-dpo" else \
+        ppo_config(tiny_llama_dir, prompts, tmp_path, steps=1, group_size=2)
+    config.stage, config.batch_size, config.eval_data = stage, 2, None
+    config.ppo.hardest_prompts, config.ppo.hardest_by = 4, "prompt"
+    trainer_class = RolloutDPOTrainer if stage == "rollout-dpo" else RejectionSamplingTrainer
+    trainer = trainer_class(config, reward=minus_length, progress=False)
+    raw = {r["input"]: r["text"] for r in trainer.rows}
+    scores = minus_length([], list(raw))
+    longest = [list(raw)[i] for i in sorted(range(len(raw)), key=lambda i: scores[i])[:4]]
+    trainer.train()
+    chosen = json.loads((trainer.output_dir / "hardest_prompts.json").read_text())
+    assert chosen["pool"] == 18 and chosen["texts"] == longest
+    samples = trainer.output_dir / (trainer_class.PAIRS_FILE if stage == "rollout-dpo" else trainer_class.SAMPLES_FILE)
+    assert {json.loads(x)["prompt"] for x in samples.read_text().splitlines()} == {raw[t] for t in longest}
+

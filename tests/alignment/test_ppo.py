@@ -251,8 +251,8 @@ def test_hardest_prompts_are_the_lowest_scored_and_a_resume_keeps_them(tiny_llam
     assert set(seen[18:]) <= {pool[i] for i in longest}  # every rollout after the search came from them
     again = PPOTrainer(config, reward=minus_length, progress=False)
     seen.clear()
-    again._keep_hardest(resume=True)
-    assert not seen and [r["text"] for r in again.rows] == [pool[i] for i in longest]
+    kept = again.keep_hardest(again.rows, resume=True)
+    assert not seen and [r["text"] for r in kept] == [pool[i] for i in longest]
     with pytest.raises(Exception, match="hardest_prompts must be 0"):
         PPOTrainer(ppo_config(tiny_llama_dir, prompts, tmp_path, rollout_batch_size=4, hardest_prompts=2), reward=minus_length)
     with pytest.raises(Exception, match="hardest_by must be 'response' or 'prompt', not 'reply'"):
@@ -272,6 +272,6 @@ def test_hardest_prompts_by_the_prompt_itself_generate_nothing(tiny_llama_dir, t
     trainer = PPOTrainer(config, reward=minus_length, progress=False)
     raw = [r["input"] for r in trainer.rows]
     trainer.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer._keep_hardest(resume=False)
+    kept = trainer.keep_hardest(trainer.rows, resume=False)
     assert seen == [raw]  # one call, on the prompts themselves: nothing was generated
-    assert [r["input"] for r in trainer.rows] == sorted(raw, key=lambda t: -len(t))[:4]
+    assert [r["input"] for r in kept] == sorted(raw, key=lambda t: -len(t))[:4]

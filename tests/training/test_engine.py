@@ -173,6 +173,11 @@ def test_a_time_budget_stops_training_and_eval_seconds_evaluates_along_the_way(t
     result = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False).train()
     assert result.steps == 1 and (result.artifact / "adapter_config.json").is_file()
     assert "passed max_seconds=1e-09" in capsys.readouterr().err
+    # a stage's set-up (e.g. sampling) that alone uses the budget up still gets one step
+    config = make_config(tiny_llama_dir, dialog_file, tmp_path / "setup", "lora", max_steps=6, max_seconds=1.0)
+    trainer = Trainer(config, load_model(str(tiny_llama_dir), device="cpu"), progress=False)
+    trainer.setup_seconds = 5.0
+    assert trainer.train().steps == 1 and (trainer.output_dir / "metrics.jsonl").is_file()
     # eval_seconds of ~0: an evaluation after every step but the last (the final one is the end's)
     config = make_config(tiny_llama_dir, dialog_file, tmp_path / "curve", "lora", max_steps=3, eval_seconds=1e-9)
     config.eval_data, config.eval_split, config.eval_limit = str(dialog_file), None, 2

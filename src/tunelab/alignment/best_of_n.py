@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tunelab.alignment.policy_eval import PolicyEvaluation, prompt_rows, sample_responses
+from tunelab.alignment.policy_eval import PolicyEvaluation, check_hardest, prompt_rows, sample_responses
 from tunelab.errors import TunelabError
 from tunelab.files import write_jsonl
 from tunelab.training.data import completion_row
@@ -101,6 +101,7 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
                  monitor: Any = None) -> None:
         if config.ppo.group_size < 2:
             raise TunelabError("stage rejection-sampling keeps the best of ppo.group_size samples: set it to 2 or more")
+        check_hardest(config.ppo)
         super().__init__(config, loaded, progress=progress)
         self.set_scorers(reward, monitor)
         self.prompts = self.rows  # prompt rows until the samples replace them
@@ -118,7 +119,8 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
     def sample(self) -> list[dict[str, Any]]:
         """n samples of each training prompt, the best kept (with every score)."""
         n = self.config.ppo.group_size
-        responses, texts, scores, self.setup_seconds = sample_groups(self, self.prompts)
+        responses, texts, scores, seconds = sample_groups(self, self.prompts)
+        self.setup_seconds += seconds
         kept = []
         for i, (row, j) in enumerate(zip(self.prompts, pick_best(scores, n))):
             kept.append({"prompt": row["text"], "prompt_ids": row["ids"], "response": texts[i * n + j],
@@ -130,6 +132,9 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.SAMPLES_FILE
         self.evaluate_before(resume)
+        started = time.perf_counter()
+        self.prompts = self.keep_hardest(self.prompts, resume)
+        self.setup_seconds = time.perf_counter() - started  # then the sampling's: training compute (max_seconds)
         kept = made_once(path, resume, self.sample, self.accelerator.is_main_process)
         self.rows = [completion_row(k["prompt_ids"], k["response_ids"], self.loaded.is_encoder_decoder) for k in kept]
         return super().train(resume)

@@ -1,6 +1,7 @@
 """Held-out evaluation of a policy, shared by every online method (PPO, RLOO, GRPO) and
 by best-of-n: greedy responses to held-out prompts, scored by the run's reward (and the
-sampling of training responses they share).
+sampling of training responses they share, and the recipe's rule for which training
+prompts to use, ``ppo.hardest_prompts``).
 
 The summary holds what shows whether alignment worked without reward hacking: the
 reward, the probability of the rewarded class (for a classifier reward), response
@@ -39,6 +40,14 @@ def prompt_rows(config: Any, builder: Any, tokenizer: Any, is_encoder_decoder: b
         rows.append({"ids": ids, "text": builder.render(example, []), "input": example.input,
                      "references": example.references})
     return rows
+
+
+def check_hardest(settings: Any) -> None:
+    """The ppo section's prompt rule is one the trainers know."""
+    if settings.hardest_by not in ("response", "prompt"):
+        raise TunelabError(f"ppo.hardest_by must be 'response' or 'prompt', not '{settings.hardest_by}'")
+    if settings.hardest_prompts < 0:
+        raise TunelabError("ppo.hardest_prompts must be 0 (all prompts) or a positive count")
 
 
 @dataclass
@@ -207,6 +216,39 @@ class PolicyEvaluation:
         finally:
             model.train(was_training)
 
+    def keep_hardest(self, rows: list[dict[str, Any]], resume: bool) -> list[dict[str, Any]]:
+        """ppo.hardest_prompts: the training prompt rows the reward scores lowest, by their
+        greedy response or (hardest_by: prompt) by the prompt's own text; all rows when it
+        is 0. The choice is written to hardest_prompts.json; a resumed run reads it back.
+        A rule written in the recipe, applied to training prompts only."""
+        settings = self.config.ppo
+        if not settings.hardest_prompts:
+            return rows
+        path = self.output_dir / "hardest_prompts.json"
+        chosen = json.loads(path.read_text()).get("indices") if resume and path.is_file() else None
+        if chosen is None:
+            texts, scores = self._hardness(rows)
+            chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[: settings.hardest_prompts]
+            if self.accelerator.is_main_process:
+                write_json(path, {"pool": len(rows), "by": settings.hardest_by, "pool_score_mean": statistics.fmean(scores),
+                                   "indices": chosen, "scores": [scores[i] for i in chosen], "texts": [texts[i] for i in chosen]})
+        return [rows[i] for i in chosen]
+
+    def _hardness(self, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[float]]:
+        """(the text scored, its score) for every training prompt row."""
+        if self.config.ppo.hardest_by == "prompt":  # no generation: the request itself, as the reward reads a text
+            texts = [r["input"] for r in rows]
+            return texts, score_texts(self.reward, [""] * len(texts), texts, []).scores
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            texts, tokens = greedy_responses(model, self.tokenizer, [r["ids"] for r in rows], self.config.ppo.max_new_tokens,
+                                             progress=self.progress, desc="finding the hardest prompts")
+        finally:
+            model.train(was_training)
+        return texts, score_texts(self.reward, [r["text"] for r in rows], texts, tokens).scores
+
     def evaluate_before(self, resume: bool) -> None:
         path = self.output_dir / "eval_before.json"
         if resume:  # the weights are no longer the start's: only what was measured then counts
@@ -235,5 +277,5 @@ class PolicyEvaluation:
         return result
 
 
-__all__ = ["Monitor", "PolicyEvaluation", "ScoredTexts", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows",
+__all__ = ["Monitor", "PolicyEvaluation", "ScoredTexts", "check_hardest", "evaluate_policy", "greedy_responses", "load_monitor", "prompt_rows",
            "sample_responses", "score_texts", "summarise", "write_responses"]

@@ -23,10 +23,8 @@ keeps a frozen copy of the model. The run stops with a message when the KL passe
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
-import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,9 +34,7 @@ import torch
 
 from tunelab.alignment import losses as L
 from tunelab.errors import TunelabError
-from tunelab.alignment.policy_eval import (PolicyEvaluation, greedy_responses, prompt_rows, sample_responses,
-                                           score_texts)
-from tunelab.files import write_json
+from tunelab.alignment.policy_eval import PolicyEvaluation, check_hardest, prompt_rows, sample_responses
 from tunelab.models.adapters import PEFT_CONFIG, check_safetensors
 from tunelab.training.engine import Trainer, TrainingError
 
@@ -154,8 +150,7 @@ class PPOTrainer(PolicyEvaluation, Trainer):
             raise TunelabError(f"stage {config.stage} compares samples of the same prompt: set ppo.group_size >= 2")
         if settings.mini_batch_size > settings.rollout_batch_size * self.group_size:
             raise TunelabError("ppo: mini_batch_size must not exceed the rollouts per step (rollout_batch_size x group_size)")
-        if settings.hardest_by not in ("response", "prompt"):
-            raise TunelabError(f"ppo.hardest_by must be 'response' or 'prompt', not '{settings.hardest_by}'")
+        check_hardest(settings)
         if 0 < settings.hardest_prompts < settings.rollout_batch_size:
             raise TunelabError("ppo: hardest_prompts must be 0 (all prompts) or at least rollout_batch_size")
         super().__init__(config, loaded, progress=progress)
@@ -392,7 +387,7 @@ class PPOTrainer(PolicyEvaluation, Trainer):
     def train(self, resume: bool = False) -> Any:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        self._keep_hardest(resume)  # before the engine counts steps: it may shrink the prompts
+        self.rows = self.keep_hardest(self.rows, resume)  # before the engine counts steps: it may shrink the prompts
         self.setup_seconds = time.perf_counter() - started  # part of training's compute (max_seconds)
         if len(self.rows) < self.config.ppo.rollout_batch_size:
             raise TunelabError(f"{self.config.stage}: {len(self.rows)} prompts, fewer than rollout_batch_size={self.config.ppo.rollout_batch_size}")
@@ -454,38 +449,6 @@ class PPOTrainer(PolicyEvaluation, Trainer):
         last = "value_loss" if self.value_head is not None else "approx_kl"
         plot_series(self.output_dir / "metrics.jsonl", self.output_dir / f"{self.config.stage}.png",
                     ["reward", "kl", "entropy", last], title=f"{self.config.stage.upper()} on {self.config.data}")
-
-    def _keep_hardest(self, resume: bool) -> None:
-        """ppo.hardest_prompts: keep the training prompts the reward scores lowest, by their
-        greedy response or (hardest_by: prompt) by the prompt's own text. The choice is
-        written to hardest_prompts.json; a resumed run reads it back."""
-        count = self.config.ppo.hardest_prompts
-        if not count:
-            return
-        path = self.output_dir / "hardest_prompts.json"
-        chosen = (_read_json(path) or {}).get("indices") if resume else None
-        if chosen is None:
-            texts, scores = self._hardness()
-            chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:count]
-            if self.accelerator.is_main_process:
-                write_json(path, {"pool": len(self.rows), "by": self.config.ppo.hardest_by,
-                                   "pool_score_mean": statistics.fmean(scores), "indices": chosen,
-                                   "scores": [scores[i] for i in chosen], "texts": [texts[i] for i in chosen]})
-        self.rows = [self.rows[i] for i in chosen]
-
-    def _hardness(self) -> tuple[list[str], list[float]]:
-        """(the text scored, its score) for every training prompt."""
-        if self.config.ppo.hardest_by == "prompt":  # no generation: the request itself, as the reward reads a text
-            texts = [r["input"] for r in self.rows]
-            return texts, score_texts(self.reward, [""] * len(texts), texts, []).scores
-        texts, tokens = greedy_responses(self.accelerator.unwrap_model(self.model), self.tokenizer,
-                                         [r["ids"] for r in self.rows], self.config.ppo.max_new_tokens,
-                                         progress=self.progress, desc="finding the hardest prompts")
-        return texts, score_texts(self.reward, [r["text"] for r in self.rows], texts, tokens).scores
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 __all__ = ["ESTIMATORS", "PPOTrainer", "ValueHead", "policy_outputs", "rollout_batch", "trim_prompt_padding"]

@@ -14,11 +14,12 @@ back); the held-out prompts are answered before and after as for PPO (eval.json)
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tunelab.alignment.best_of_n import best_and_worst, made_once, sample_groups
 from tunelab.alignment.dpo import DPOTrainer
-from tunelab.alignment.policy_eval import PolicyEvaluation, prompt_rows
+from tunelab.alignment.policy_eval import PolicyEvaluation, check_hardest, prompt_rows
 from tunelab.errors import TunelabError
 from tunelab.training.data import completion_row
 
@@ -33,6 +34,7 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
                  monitor: Any = None) -> None:
         if config.ppo.group_size < 2:
             raise TunelabError("stage rollout-dpo pairs the best and worst of ppo.group_size samples: set it to 2 or more")
+        check_hardest(config.ppo)
         super().__init__(config, loaded, progress=progress)
         self.set_scorers(reward, monitor)
         self.prompts = self.rows  # prompt rows until the pairs replace them
@@ -49,7 +51,7 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
         """Sample, score, and pair each prompt's best sample with its worst."""
         n = self.config.ppo.group_size
         responses, texts, scores, self.sampling_seconds = sample_groups(self, self.prompts)
-        self.setup_seconds = self.sampling_seconds  # (DPO adds its reference pass to it)
+        self.setup_seconds += self.sampling_seconds  # (DPO adds its reference pass to it)
         pairs = []
         for i, (row, picked) in enumerate(zip(self.prompts, best_and_worst(scores, n))):
             if picked is None:
@@ -67,6 +69,9 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.PAIRS_FILE
         self.evaluate_before(resume)
+        started = time.perf_counter()
+        self.prompts = self.keep_hardest(self.prompts, resume)
+        self.setup_seconds = time.perf_counter() - started  # then the sampling's: training compute (max_seconds)
         pairs = made_once(path, resume, self.make_pairs, self.accelerator.is_main_process)
         encoder_decoder = self.loaded.is_encoder_decoder
         self.rows = [{"chosen": completion_row(p["prompt_ids"], p["chosen_ids"], encoder_decoder),

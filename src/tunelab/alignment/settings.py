@@ -40,7 +40,7 @@ class PPOSettings:
     monitor_prompt: str = field(default="{input}", metadata={"help": "How the monitor reads each held-out prompt; {input} is the raw prompt (the hh-rlhf reward model: '\\n\\nHuman: {input}\\n\\nAssistant:')."})
     normalize_reward: bool = field(default=False, metadata={"help": "Scale scores by a running mean/std before the KL penalty."})
     length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token (0 = none)."})
-    hardest_prompts: int = field(default=0, metadata={"help": "Train on the N training prompts whose greedy response the reward scores lowest, found before training among the `limit` loaded (0 = train on all): rollouts go where there is something to correct, e.g. the few summaries a toxicity classifier doubts."})
+    hardest_prompts: int = field(default=0, metadata={"help": "Train on the N training prompts whose greedy response the reward scores lowest, found before training among the `limit` loaded (0 = train on all; every online stage, rejection-sampling and rollout-dpo): rollouts and samples go where there is something to correct, e.g. the few summaries a toxicity classifier doubts."})
     hardest_by: str = field(default="response", metadata={"help": "What hardest_prompts scores: 'response' (each prompt's greedy response) or 'prompt' (the prompt's own text, no generation: for a classifier reward, e.g. how toxic the request is)."})
     init_adapter: str | None = field(default=None, metadata={"help": "Continue a trained LoRA adapter (e.g. the DialogSum summarizer); it is also the reference."})
     rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per step (the course: 16)."})

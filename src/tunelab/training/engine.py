@@ -403,7 +403,9 @@ class Trainer:
         return float(self.accelerator.reduce(clock, reduction="max").item())
 
     def _done(self, state: dict[str, Any], total: int) -> bool:
-        out_of_time = self.config.max_seconds > 0 and state["elapsed"] >= self.config.max_seconds
+        # a budget ends training after a step, never before the first one (a stage's own
+        # set-up, e.g. sampling, may use the budget up, and a run still yields a model)
+        out_of_time = self.config.max_seconds > 0 and state["elapsed"] >= self.config.max_seconds and state["step"] > 0
         return state["step"] >= total or out_of_time
 
     def evaluate_during_training(self, state: dict[str, Any]) -> dict[str, float]:
