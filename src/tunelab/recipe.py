@@ -62,7 +62,7 @@ class TrainConfig:
     # optimisation
     epochs: float = field(default=1.0, metadata={"help": "Passes over the training data (fractions allowed)."})
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps; overrides epochs when > 0."})
-    max_seconds: float = field(default=0.0, metadata={"help": "A training-time budget: stop after the step that takes the training clock past it (0 = none; at least one step runs). The clock counts training work only: steps, and the sampling of rejection-sampling and rollout-dpo (or the hardest-prompt search of PPO), not held-out evaluation or checkpoint writes. The learning-rate schedule still spans max_steps or epochs."})
+    max_seconds: float = field(default=0.0, metadata={"help": "A training-time budget: stop after the step that takes the training clock past it (0 = none; at least one step runs). The clock counts training work only: steps, and a stage's own work before its first step (the sampling of rejection-sampling and rollout-dpo, DPO's reference pass, the search for ppo.hardest_prompts), not held-out evaluation or checkpoint writes. The learning-rate schedule still spans max_steps or epochs."})
     batch_size: int = field(default=8, metadata={"help": "Examples per micro-batch (per process)."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (LoRA papers: 1e-4 to 3e-4; full fine-tuning: ~2e-5)."})

@@ -9,7 +9,7 @@ import torch
 from tests.alignment.test_ppo import count_reward, metrics, ppo_config, prompts_of_three_lengths, toy
 from tunelab.alignment.best_of_n import RejectionSamplingTrainer, best_and_worst, choose, pick_best
 from tunelab.alignment.rollout_dpo import RolloutDPOTrainer
-from tunelab.errors import PromptError
+from tunelab.errors import PromptError, TunelabError
 from tunelab.generation import GenerationSettings
 from tunelab.jobs import PromptJob, run_prompt
 from tunelab.models import load_model
@@ -166,4 +166,10 @@ def test_sampling_stages_keep_the_recipes_hardest_prompts(stage, tiny_llama_dir,
     assert chosen["pool"] == 18 and chosen["texts"] == longest
     samples = trainer.output_dir / (trainer_class.PAIRS_FILE if stage == "rollout-dpo" else trainer_class.SAMPLES_FILE)
     assert {json.loads(x)["prompt"] for x in samples.read_text().splitlines()} == {raw[t] for t in longest}
-
+    # a resume must train on the interrupted run's prompts, or say why it cannot
+    config.ppo.hardest_prompts = 5
+    with pytest.raises(TunelabError, match="chose 4 of 18 prompts by prompt; this run asks for 5 of 18"):
+        trainer_class(config, reward=minus_length, progress=False).train(resume=True)
+    config.ppo.hardest_prompts = -1
+    with pytest.raises(TunelabError, match="hardest_prompts must be 0"):
+        trainer_class(config, reward=minus_length, progress=False)

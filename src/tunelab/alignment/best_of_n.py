@@ -106,6 +106,7 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         self.set_scorers(reward, monitor)
         self.prompts = self.rows  # prompt rows until the samples replace them
         self.before: dict[str, Any] | None = None
+        self.sampling_seconds = 0.0
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         return prompt_rows(self.config, self.builder, self.tokenizer, self.loaded.is_encoder_decoder, data, split, limit)
@@ -119,8 +120,8 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
     def sample(self) -> list[dict[str, Any]]:
         """n samples of each training prompt, the best kept (with every score)."""
         n = self.config.ppo.group_size
-        responses, texts, scores, seconds = sample_groups(self, self.prompts)
-        self.setup_seconds += seconds
+        responses, texts, scores, self.sampling_seconds = sample_groups(self, self.prompts)
+        self.setup_seconds += self.sampling_seconds
         kept = []
         for i, (row, j) in enumerate(zip(self.prompts, pick_best(scores, n))):
             kept.append({"prompt": row["text"], "prompt_ids": row["ids"], "response": texts[i * n + j],
@@ -140,13 +141,13 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         return super().train(resume)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"sampling_seconds": self.setup_seconds}  # a resumed run reads its samples, not their time
+        return {"sampling_seconds": self.sampling_seconds}  # a resumed run reads its samples, not their time
 
     def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.setup_seconds = state.pop("sampling_seconds", 0.0)
+        self.sampling_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: TrainResult) -> TrainResult:
-        return self.evaluate_after(result, sampling_seconds=round(self.setup_seconds, 3))
+        return self.evaluate_after(result, sampling_seconds=round(self.sampling_seconds, 3))
 
 
 __all__ = ["RejectionSamplingTrainer", "best_and_worst", "choose", "made_once", "pick_best", "sample_groups",

@@ -1,7 +1,7 @@
-"""Held-out evaluation of a policy, shared by every online method (PPO, RLOO, GRPO) and
-by best-of-n: greedy responses to held-out prompts, scored by the run's reward (and the
-sampling of training responses they share, and the recipe's rule for which training
-prompts to use, ``ppo.hardest_prompts``).
+"""Held-out evaluation of a policy, shared by every online method (PPO, RLOO, GRPO), by
+rejection sampling and by rollout DPO: greedy responses to held-out prompts, scored by
+the run's reward (and the sampling of training responses they share, and the recipe's
+rule for which training prompts to use, ``ppo.hardest_prompts``).
 
 The summary holds what shows whether alignment worked without reward hacking: the
 reward, the probability of the rewarded class (for a classifier reward), response
@@ -225,14 +225,29 @@ class PolicyEvaluation:
         if not settings.hardest_prompts:
             return rows
         path = self.output_dir / "hardest_prompts.json"
-        chosen = json.loads(path.read_text()).get("indices") if resume and path.is_file() else None
+        chosen = self._chosen_before(path, len(rows)) if resume else None
         if chosen is None:
             texts, scores = self._hardness(rows)
             chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[: settings.hardest_prompts]
+            if self.accelerator.num_processes > 1:  # every process trains on the main one's choice
+                from accelerate.utils import broadcast_object_list
+
+                chosen = broadcast_object_list([chosen])[0]
             if self.accelerator.is_main_process:
                 write_json(path, {"pool": len(rows), "by": settings.hardest_by, "pool_score_mean": statistics.fmean(scores),
                                    "indices": chosen, "scores": [scores[i] for i in chosen], "texts": [texts[i] for i in chosen]})
         return [rows[i] for i in chosen]
+
+    def _chosen_before(self, path: Path, pool: int) -> list[int] | None:
+        """The interrupted run's choice, if it was made with the settings of this one."""
+        if not path.is_file():
+            return None
+        saved, settings = json.loads(path.read_text()), self.config.ppo
+        if (saved["pool"], saved["by"], len(saved["indices"])) != (pool, settings.hardest_by, min(settings.hardest_prompts, pool)):
+            raise TunelabError(f"--resume: {path} chose {len(saved['indices'])} of {saved['pool']} prompts by "
+                               f"{saved['by']}; this run asks for {settings.hardest_prompts} of {pool} by "
+                               f"{settings.hardest_by}: resume with the interrupted run's limit and ppo settings")
+        return saved["indices"]
 
     def _hardness(self, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[float]]:
         """(the text scored, its score) for every training prompt row."""
