@@ -91,7 +91,27 @@ def made_once(path: Path, resume: bool, make: Callable[[], list[dict[str, Any]]]
     return rows
 
 
-class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
+class SampledBeforeTraining:
+    """What the two stages that sample their training data before the first step share
+    (rejection sampling, rollout DPO): the recipe's prompt rule, timed as training
+    compute, and the sampling seconds carried in checkpoints (a resumed run reads its
+    samples back, not their time)."""
+
+    sampling_seconds = 0.0
+
+    def choose_prompts(self, resume: bool) -> None:
+        started = time.perf_counter()
+        self.prompts = self.keep_hardest(self.prompts, resume)
+        self.setup_seconds = time.perf_counter() - started  # then the sampling's: training compute (max_seconds)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"sampling_seconds": self.sampling_seconds}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.sampling_seconds = state.pop("sampling_seconds", 0.0)
+
+
+class RejectionSamplingTrainer(SampledBeforeTraining, PolicyEvaluation, Trainer):
     """``stage: rejection-sampling``: best-of-n samples of the training prompts, then
     supervised fine-tuning on them through the engine's loop."""
 
@@ -106,7 +126,6 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         self.set_scorers(reward, monitor)
         self.prompts = self.rows  # prompt rows until the samples replace them
         self.before: dict[str, Any] | None = None
-        self.sampling_seconds = 0.0
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         return prompt_rows(self.config, self.builder, self.tokenizer, self.loaded.is_encoder_decoder, data, split, limit)
@@ -133,22 +152,14 @@ class RejectionSamplingTrainer(PolicyEvaluation, Trainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.SAMPLES_FILE
         self.evaluate_before(resume)
-        started = time.perf_counter()
-        self.prompts = self.keep_hardest(self.prompts, resume)
-        self.setup_seconds = time.perf_counter() - started  # then the sampling's: training compute (max_seconds)
+        self.choose_prompts(resume)
         kept = made_once(path, resume, self.sample, self.accelerator.is_main_process)
         self.rows = [completion_row(k["prompt_ids"], k["response_ids"], self.loaded.is_encoder_decoder) for k in kept]
         return super().train(resume)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {"sampling_seconds": self.sampling_seconds}  # a resumed run reads its samples, not their time
-
-    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.sampling_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: TrainResult) -> TrainResult:
         return self.evaluate_after(result, sampling_seconds=round(self.sampling_seconds, 3))
 
 
-__all__ = ["RejectionSamplingTrainer", "best_and_worst", "choose", "made_once", "pick_best", "sample_groups",
+__all__ = ["RejectionSamplingTrainer", "SampledBeforeTraining", "best_and_worst", "choose", "made_once", "pick_best", "sample_groups",
            "score_groups"]

@@ -14,17 +14,16 @@ back); the held-out prompts are answered before and after as for PPO (eval.json)
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from tunelab.alignment.best_of_n import best_and_worst, made_once, sample_groups
+from tunelab.alignment.best_of_n import SampledBeforeTraining, best_and_worst, made_once, sample_groups
 from tunelab.alignment.dpo import DPOTrainer
 from tunelab.alignment.policy_eval import PolicyEvaluation, check_hardest, prompt_rows
 from tunelab.errors import TunelabError
 from tunelab.training.data import completion_row
 
 
-class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
+class RolloutDPOTrainer(SampledBeforeTraining, PolicyEvaluation, DPOTrainer):
     """``stage: rollout-dpo``: pairs from the policy's own scored samples, then DPO."""
 
     PAIRS_FILE = "rollout_pairs.jsonl"
@@ -39,7 +38,7 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
         self.set_scorers(reward, monitor)
         self.prompts = self.rows  # prompt rows until the pairs replace them
         self.before: dict[str, Any] | None = None
-        self.sampling_seconds, self.pair_count = 0.0, 0
+        self.pair_count = 0
 
     def load_rows(self, data: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
         return prompt_rows(self.config, self.builder, self.tokenizer, self.loaded.is_encoder_decoder, data, split, limit)
@@ -69,21 +68,13 @@ class RolloutDPOTrainer(PolicyEvaluation, DPOTrainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.PAIRS_FILE
         self.evaluate_before(resume)
-        started = time.perf_counter()
-        self.prompts = self.keep_hardest(self.prompts, resume)
-        self.setup_seconds = time.perf_counter() - started  # then the sampling's: training compute (max_seconds)
+        self.choose_prompts(resume)
         pairs = made_once(path, resume, self.make_pairs, self.accelerator.is_main_process)
         encoder_decoder = self.loaded.is_encoder_decoder
         self.rows = [{"chosen": completion_row(p["prompt_ids"], p["chosen_ids"], encoder_decoder),
                       "rejected": completion_row(p["prompt_ids"], p["rejected_ids"], encoder_decoder)} for p in pairs]
         self.pair_count = len(pairs)
         return super().train(resume)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {"sampling_seconds": self.sampling_seconds}  # a resumed run reads its pairs, not their time
-
-    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.sampling_seconds = state.pop("sampling_seconds", 0.0)
 
     def on_train_end(self, result: Any) -> Any:
         return self.evaluate_after(result, sampling_seconds=round(self.sampling_seconds, 3), pairs=self.pair_count)
