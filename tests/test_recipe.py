@@ -30,6 +30,20 @@ def test_recipe_fields_and_overrides(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
+def test_values_take_their_fields_type(tmp_path):
+    # YAML 1.1 reads 5e-5 (no dot) as a string: it must still be a learning rate
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 5e-5\nepochs: 2\n")
+    config = load_recipe(recipe, ["ppo.kl_coef=1e-2", "max_steps=4.0"])
+    assert (config.learning_rate, config.ppo.kl_coef, config.epochs, config.max_steps) == (5e-5, 0.01, 2.0, 4)
+    assert isinstance(config.epochs, float) and isinstance(config.max_steps, int)
+    for bad, message in [("batch_size=abc", "'batch_size' is an integer, not 'abc'"),
+                         ("learning_rate=fast", "'learning_rate' is a number, not 'fast'"),
+                         ("bf16=1", "'bf16' is true or false, not 1"), ("max_steps=2.5", "'max_steps' is an integer")]:
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(recipe, [bad])
+
+
 def test_shipped_recipes_are_valid():
     recipes = sorted(RECIPES.glob("*.yaml"))
     stages = {}

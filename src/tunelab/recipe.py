@@ -116,7 +116,29 @@ def _set(target: Any, dotted: str, value: Any, where: str) -> None:
         return
     if rest:
         raise RecipeError(f"{where}: '{head}' has no sub-fields")
-    setattr(target, head, value)
+    setattr(target, head, _coerce(dotted, current, value, where))
+
+
+def _coerce(name: str, current: Any, value: Any, where: str) -> Any:
+    """The value as the field's type (the type of its default). YAML 1.1 reads `5e-5`
+    (no dot) as a string and `1` as an int, so a number field takes either; anything
+    else of the wrong type is an error here rather than a TypeError deep in training."""
+    if current is None or value is None or isinstance(current, (str, list, dict)):
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"{where}: '{name}' is true or false, not {value!r}")
+    if isinstance(current, float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if isinstance(current, int) and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+    kind = "a number" if isinstance(current, float) else "an integer"
+    raise RecipeError(f"{where}: '{name}' is {kind}, not {value!r}")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
