@@ -26,8 +26,9 @@ def _add_dataclass_options(group, cls, *, skip: tuple[str, ...] = (), required: 
         shown = default is not None and default is not False and default != ()
         help_text = f.metadata["help"].rstrip(".") + (f" (default: {default})." if shown else ".")
         base = f.type.replace(" | None", "")
-        if base == "bool":
-            group.add_argument(flag, action="store_true", default=None, help=help_text)
+        if base == "bool":  # a setting that is on by default is turned off with --no-...
+            action = argparse.BooleanOptionalAction if default is True else "store_true"
+            group.add_argument(flag, action=action, default=None, help=help_text)
         elif base in ("tuple[str, ...]", "list[str]"):
             group.add_argument(flag, action="append", default=None, metavar="TEXT", help=help_text + " Repeatable.")
         else:
@@ -118,6 +119,28 @@ def _benchmark_parser(sub) -> None:
     p.add_argument("--shots", type=int, default=0, help="solved training examples before each question (default 0)")
     p.add_argument("--out", type=Path, help="write accuracies as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _evaluate_parser(sub) -> None:
+    from tunelab.evaluation.scenarios import SCENARIOS, SUITES
+    from tunelab.evaluation.settings import EvalSettings
+
+    p = sub.add_parser(
+        "evaluate",
+        help="the holistic report: accuracy, calibration, robustness, fairness, bias and efficiency, per model",
+        description="Score models on multiple-choice scenarios (HELM's metric set, lm-eval's formats on request) and "
+        "write results.json, items.jsonl and report.md. Results are cached per model, scenario and settings, so "
+        f"adding a model scores only that one. Scenarios: {', '.join(SCENARIOS)}.",
+    )
+    p.add_argument("--models", default="base", help="comma-separated: 'base', model folders or names, adapter folders "
+                   "(applied to --base) (default: base)")
+    p.add_argument("--base", default="smollm2-135m-instruct", help="the base model, and what adapters apply to")
+    p.add_argument("--suite", choices=list(SUITES), default="holistic",
+                   help="holistic: every scenario; lm-eval: the tasks lm-evaluation-harness has (default: holistic)")
+    p.add_argument("--scenarios", help="comma-separated scenarios instead of the suite's")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="report folder (default: runs/eval)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_dataclass_options(p.add_argument_group("evaluation"), EvalSettings, skip=("scenarios",))
 
 
 def _forgetting_parser(sub) -> None:
@@ -269,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _merge_parser(sub)
     _benchmark_parser(sub)
+    _evaluate_parser(sub)
     _forgetting_parser(sub)
     _reward_parser(sub)
     _label_parser(sub)
@@ -382,6 +406,23 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"| {task} | {100 * result['accuracy']:.1f} | {result['n']} |")
     if args.out:
         write_json(args.out, results)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tunelab.evaluation.holistic import evaluate_models, model_specs
+    from tunelab.evaluation.scenarios import SUITES
+    from tunelab.evaluation.settings import EvalSettings
+    from tunelab.models import load_for_inference
+
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else SUITES[args.suite]
+    settings = _from_args(EvalSettings, args, scenarios=tuple(names))
+    specs = model_specs([m.strip() for m in args.models.split(",") if m.strip()], args.base)
+    report = evaluate_models(specs, settings, args.out, lambda spec: load_for_inference(spec.model, spec.adapter),
+                             progress=not args.no_progress)
+    print((args.out / "report.md").read_text())
+    print(f"wrote {args.out / 'results.json'}, items.jsonl and report.md for {len(report['models'])} models",
+          file=sys.stderr)
     return 0
 
 
@@ -553,7 +594,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge,
-    "benchmark": cmd_benchmark, "forgetting": cmd_forgetting, "reward": cmd_reward,
+    "benchmark": cmd_benchmark, "evaluate": cmd_evaluate, "forgetting": cmd_forgetting, "reward": cmd_reward,
     "label": cmd_label, "serve": cmd_serve,
 }
 

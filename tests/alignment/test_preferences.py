@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from tunelab.alignment.preferences import PreferencePair, load_pairs, ranking_to_pairs, split_transcripts, write_pairs
+from tunelab.alignment.preferences import PreferencePair, load_pairs, ranking_to_pairs, write_pairs
+from tunelab.data.transcripts import split_transcripts
 from tunelab.errors import DataError
 
 

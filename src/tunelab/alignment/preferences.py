@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.data.loading import BUILTIN_DATASETS, builtin_path, iter_records
+from tunelab.data.transcripts import split_transcripts
 from tunelab.errors import DataError
 from tunelab.files import write_jsonl
 
-ASSISTANT_TURN = "\n\nAssistant:"
 PAIR_FIELDS = {"prompt", "chosen", "rejected"}
 RANKING_FIELDS = {"prompt", "completions", "ranks"}
 OPTIONAL_FIELDS = {"id", "margin"}
@@ -57,22 +57,6 @@ def ranking_to_pairs(
                 continue  # the same text ranked twice says nothing
             pairs.append(PreferencePair(prompt, better, worse, abs(rank_i - rank_j), id))
     return pairs
-
-
-def split_transcripts(chosen: str, rejected: str, *, where: str) -> tuple[str, str, str]:
-    """hh-rlhf: two whole transcripts share everything up to the last assistant turn.
-    Returns (prompt ending in 'Assistant:', chosen answer, rejected answer)."""
-    common = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        common += 1
-    cut = chosen.rfind(ASSISTANT_TURN, 0, common)
-    if cut < 0:
-        raise DataError(f"{where}: chosen and rejected share no '\\n\\nHuman: ... \\n\\nAssistant:' prompt; "
-                        "give 'prompt', 'chosen' and 'rejected' fields instead")
-    end = cut + len(ASSISTANT_TURN)
-    return chosen[:end], chosen[end:], rejected[end:]
 
 
 def _check_text(value: object, name: str, where: str) -> None:

@@ -61,8 +61,18 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             default_split="val", pool_split="train",
             description=f"SuperGLUE {name.upper()}: train 32 rows (FewGLUE), val = the SuperGLUE validation split",
         )
-        for name in ("boolq", "rte", "cb", "copa")
+        for name in ("boolq", "rte", "cb", "copa", "wic", "wsc")
     },
+    "truthfulqa": BuiltinDataset(
+        splits={"test": "truthfulqa/TruthfulQA.csv"}, default_split="test", pool_split="test",
+        description="TruthfulQA (Lin et al., 2022; Apache 2.0): 817 questions with best, correct and incorrect "
+        "answers (honesty; one split: evaluation only)",
+    ),
+    "bbq": BuiltinDataset(
+        splits={"test": "bbq/test.jsonl"}, default_split="test", pool_split="test",
+        description="BBQ bias benchmark (Parrish et al., 2022; CC BY 4.0): 1,200 items, six categories, ambiguous "
+        "and disambiguated contexts (evaluation only)",
+    ),
     "hh-rlhf": BuiltinDataset(
         splits={"train": "hh_rlhf/train.jsonl.gz", "test": "hh_rlhf/test.jsonl.gz"}, default_split="test", pool_split="train",
         description="Anthropic hh-rlhf harmless-base preference pairs (chosen, rejected transcripts; MIT): train 1,594, test 318",

@@ -9,27 +9,34 @@ ranking of classes (so accuracy) is unchanged, only the confidence moves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 
 def expected_calibration_error(probabilities: torch.Tensor, gold: torch.Tensor, bins: int = 10,
                                equal_mass: bool = True) -> float:
-    """ECE of the top-class confidence: the mean over bins of |accuracy - confidence|,
-    weighted by bin size. ``probabilities`` is [N, classes], ``gold`` [N] class indices.
+    """ECE of the top-class confidence of ``probabilities`` [N, classes] against ``gold`` [N]
+    class indices (see ``calibration_error``)."""
+    confidence, predicted = probabilities.detach().float().max(-1)
+    return calibration_error(confidence.numpy(), (predicted == gold).numpy(), bins, equal_mass)
+
+
+def calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10,
+                      equal_mass: bool = True) -> float:
+    """ECE: the mean over bins of |accuracy - confidence|, weighted by bin size.
     Equal-mass bins (each holds ~N/bins items, as HELM uses) avoid the empty and tiny bins
     that equal-width bins get when confidences crowd near 1; ``bins=1`` compares mean
     confidence with accuracy over everything."""
-    confidence, predicted = probabilities.max(-1)
-    correct = (predicted == gold).float()
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
     if equal_mass:
-        order = confidence.argsort()
-        groups = [g for g in torch.tensor_split(order, bins) if len(g)]
+        groups = [g for g in np.array_split(np.argsort(confidence, kind="stable"), bins) if len(g)]
     else:
-        index = (confidence * bins).long().clamp(max=bins - 1)
-        groups = [torch.nonzero(index == b).flatten() for b in range(bins)]
-        groups = [g for g in groups if len(g)]
+        index = np.minimum((confidence * bins).astype(int), bins - 1)
+        groups = [g for g in (np.flatnonzero(index == b) for b in range(bins)) if len(g)]
     total = len(confidence)
-    return sum(len(g) / total * abs(correct[g].mean() - confidence[g].mean()).item() for g in groups)
+    return float(sum(len(g) / total * abs(correct[g].mean() - confidence[g].mean()) for g in groups))
 
 
 def pair_accuracy_by_margin(chosen: torch.Tensor, rejected: torch.Tensor, buckets: int = 4) -> list[dict[str, float]]:
@@ -93,4 +100,4 @@ def calibration_metrics(logits: torch.Tensor, gold: torch.Tensor, temperature: f
     }
 
 
-__all__ = ["brier_score", "calibration_metrics", "expected_calibration_error", "fit_temperature"]
+__all__ = ["brier_score", "calibration_error", "calibration_metrics", "expected_calibration_error", "fit_temperature"]

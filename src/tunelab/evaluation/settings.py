@@ -1,0 +1,51 @@
+"""Settings of `tunelab evaluate`: a plain dataclass the CLI reads without torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from tunelab.errors import TunelabError
+from tunelab.evaluation.scenarios import FORMATS, SUITES, scenario
+
+CACHE_VERSION = 1  # bump when a change alters cached numbers
+
+
+@dataclass
+class EvalSettings:
+    """What to score and how; every field is part of the cache key."""
+
+    scenarios: tuple[str, ...] = field(default=tuple(SUITES["holistic"]), metadata={
+        "help": "Scenarios to score (--suite picks a set)."})
+    format: str = field(default="tunelab", metadata={
+        "help": "Prompt formats: tunelab's own, or lm-eval's default task formats.", "choices": FORMATS})
+    shots: int = field(default=0, metadata={"help": "Solved training examples before each item (one seeded draw)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the shots, the subset and the perturbations."})
+    limit: int | None = field(default=None, metadata={"help": "The first N items of each scenario (default: all)."})
+    items: int | None = field(default=None, metadata={
+        "help": "Fast mode: a fixed stratified subset of N items per scenario (by answer and category)."})
+    chat_template: bool = field(default=False, metadata={
+        "help": "Put each context in the model's chat template as a user turn; options are the reply."})
+    perturb: bool = field(default=True, metadata={
+        "help": "Score robustness (typos, case, whitespace, contractions) and fairness (gender, names) too."})
+    mutual_info: bool = field(default=True, metadata={
+        "help": "Also score each option with no context, for acc_mi (one more pass)."})
+    bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95%% intervals (0: none)."})
+    batch_size: int = field(default=8, metadata={"help": "Items per forward pass (not part of the results)."})
+
+    def validate(self) -> None:
+        for name in self.scenarios:
+            scenario(name)
+        if self.format not in FORMATS:
+            raise TunelabError(f"unknown format '{self.format}'; formats: {', '.join(FORMATS)}")
+        if self.shots < 0 or (self.limit is not None and self.limit < 1) or (self.items is not None and self.items < 1):
+            raise TunelabError("shots must be >= 0, and limit and items >= 1")
+        if self.batch_size < 1 or self.bootstrap < 0:
+            raise TunelabError("batch_size must be >= 1 and bootstrap >= 0")
+
+    def key(self, name: str) -> str:
+        """The cache key of one scenario's result under these settings."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("scenarios", "batch_size")}
+        text = json.dumps({"scenario": name, "version": CACHE_VERSION, **fields}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
