@@ -27,7 +27,7 @@ def evaluate_task(model: Any, tokenizer: Any, name: str, *, limit: int | None = 
     if name not in TASKS:
         raise TunelabError(f"unknown benchmark task '{name}'; tasks: {', '.join(TASKS)}")
     items = scenario(name).items("tunelab", limit=limit, shots=shots, seed=seed)
-    scores, _ = score_items(model, tokenizer, items, add_special_tokens=True)
+    scores, _ = score_items(model, tokenizer, items)
     correct = sum(argmax(s) in item.gold for item, s in zip(items, scores))
     return {"accuracy": correct / len(items), "n": len(items)}
 

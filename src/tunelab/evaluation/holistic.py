@@ -3,7 +3,7 @@ for accuracy, calibration, robustness, fairness, bias and efficiency, for severa
 side by side, with every item's prediction kept.
 
 ``evaluate_models`` writes ``results.json`` ({"models": {MODEL: {SCENARIO: metrics}}}),
-``items.jsonl`` (one row per model, scenario and item) and ``report.md``. Each (model,
+``items.jsonl`` (one row per model, scenario and item), ``report.md`` and ``report.html``. Each (model,
 scenario, settings) result is cached under ``cache/``, so adding a model to a report
 scores only that model.
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluation import choice_metrics as cm
+from tunelab.evaluation.html_report import render_html
 from tunelab.evaluation.loglik import score_items
 from tunelab.evaluation.perturbations import FAIRNESS, ROBUSTNESS, perturb_row
 from tunelab.evaluation.scenarios import Item, Scenario, scenario, with_shots
@@ -102,12 +103,11 @@ def score_scenario(model: Any, tokenizer: Any, spec: Scenario, settings: EvalSet
     shots = spec.shot_examples(settings.format, settings.shots, settings.seed) if settings.shots else []
     items = with_shots(items, shots) if shots else items
     prepare = (lambda xs: in_chat(xs, tokenizer)) if settings.chat_template else (lambda xs: xs)
-    special = settings.format == "tunelab"  # lm-eval adds no BOS to a causal model's context
     started = time.perf_counter()
 
     def score(batch: list[Item], unconditional: bool = False) -> list[list[float]]:
         scores, tokens = score_items(model, tokenizer, prepare(batch), batch_size=settings.batch_size,
-                                     add_special_tokens=special, unconditional=unconditional, progress=progress)
+                                     unconditional=unconditional, progress=progress)
         run.tokens += tokens
         return scores
 
@@ -245,6 +245,7 @@ def evaluate_models(models: Sequence[ModelSpec], settings: EvalSettings, out: Pa
     write_json(out / "results.json", report)
     write_jsonl(out / "items.jsonl", all_items)
     write_text(out / "report.md", markdown_report(results) + "\n")
+    write_text(out / "report.html", render_html(results, report["settings"]))
     return report
 
 

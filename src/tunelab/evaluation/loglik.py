@@ -29,14 +29,17 @@ class Encoded:
     options: list[list[int]]
 
 
-def encode_causal(tokenizer: Any, context: str, options: Sequence[str], add_special_tokens: bool = False,
-                  max_length: int | None = None) -> Encoded:
-    def tokens(text: str, special: bool = add_special_tokens) -> list[int]:
-        return tokenizer(text, add_special_tokens=special)["input_ids"]
+def encode_causal(tokenizer: Any, context: str, options: Sequence[str], max_length: int | None = None) -> Encoded:
+    """lm-eval's tokenization: the tokenizer's own special tokens (none again when the text
+    already starts with BOS, as a chat template's does)."""
+    def tokens(text: str) -> list[int]:
+        bos = tokenizer.bos_token
+        special = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+        return tokenizer(text, **special)["input_ids"]
 
     if not context:
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        encoded = Encoded([prefix], [tokens(o, False) for o in options])
+        encoded = Encoded([prefix], [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options])
     else:
         stripped = context.rstrip()
         moved = context[len(stripped):]
@@ -56,7 +59,7 @@ def encode_seq2seq(tokenizer: Any, context: str, options: Sequence[str], max_len
 
 
 def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, batch_size: int = 8,
-                add_special_tokens: bool = False, unconditional: bool = False,
+                unconditional: bool = False,
                 progress: Callable[[int], None] | None = None) -> tuple[list[list[float]], int]:
     """Each item's option log-probabilities (summed over the option's tokens), and the
     number of tokens the model read. ``unconditional`` scores the options with an empty
@@ -67,7 +70,7 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, batch_size
     limit = _max_length(model, tokenizer)
     encoded = [
         encode_seq2seq(tokenizer, "" if unconditional else i.context, i.options, limit) if seq2seq
-        else encode_causal(tokenizer, "" if unconditional else i.context, i.options, add_special_tokens, limit)
+        else encode_causal(tokenizer, "" if unconditional else i.context, i.options, limit)
         for i in items
     ]
     order = sorted(range(len(items)), key=lambda k: (len(encoded[k].options), -len(encoded[k].context)))
