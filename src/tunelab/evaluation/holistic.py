@@ -63,17 +63,19 @@ def in_chat(items: list[Item], tokenizer: Any) -> list[Item]:
                  i.lengths, i.meta) for i in items]
 
 
-def build_items(spec: Scenario, settings: EvalSettings, rows: list[tuple[str, dict]] | None = None) -> list[Item]:
-    items = spec.items(settings.format, rows=rows)
+def build_items(spec: Scenario, settings: EvalSettings) -> list[Item]:
+    """The scenario's items under the settings' format, fast-mode subset and limit
+    (without shots)."""
+    items = spec.items(settings.format)
     items = stratified_subset(items, settings.items, settings.seed) if settings.items else items
     return items[: settings.limit] if settings.limit else items
 
 
-def perturbed_items(spec: Scenario, items: list[Item], settings: EvalSettings, name: str) -> dict[int, Item]:
+def perturbed_items(spec: Scenario, items: list[Item], rows: dict[str, dict], shots: list[Item],
+                    settings: EvalSettings, name: str) -> dict[int, Item]:
     """The items whose input the perturbation changes, rebuilt from their perturbed rows
-    (an unchanged item would score the same, so it is not scored again)."""
-    rows = spec.rows_by_id()
-    shots = spec.shot_examples(settings.format, settings.shots, settings.seed) if settings.shots else []
+    (an unchanged item would score the same, so it is not scored again). ``rows``: the
+    scenario's rows by item id; ``shots``: the solved examples before each item."""
     changed = {}
     for k, item in enumerate(items):
         new = spec.build(perturb_row(rows[item.id], spec.text_fields, name, item.id, settings.seed), item.id, settings.format)
@@ -116,8 +118,9 @@ def score_scenario(model: Any, tokenizer: Any, spec: Scenario, settings: EvalSet
     if settings.mutual_info and spec.kind != "mc2":
         run.unconditional = score(items, unconditional=True)
     if settings.perturb and spec.text_fields and spec.kind != "mc2":
+        rows = spec.rows_by_id()
         for name in (*ROBUSTNESS, *FAIRNESS):
-            changed = perturbed_items(spec, items, settings, name)
+            changed = perturbed_items(spec, items, rows, shots, settings, name)
             run.perturbed[name] = dict(zip(changed, score(list(changed.values()))))
     run.seconds = time.perf_counter() - started
     return run

@@ -74,14 +74,28 @@ def write_tasks(folder: Path, names: Sequence[str], limit: int | None = None) ->
     return names_out
 
 
-def run_lm_eval(model: str, tasks: dict[str, str], folder: Path, batch_size: int = 8) -> dict[str, dict[str, Any]]:
+def run_lm_eval(model: str, tasks: dict[str, str], folder: Path, batch_size: int = 8) -> tuple[dict[str, dict[str, Any]], float]:
     """lm-eval's Hugging Face backend on the tasks: per scenario its accuracy and each
-    item's option log-likelihoods (in file order)."""
+    item's option log-likelihoods (in file order); and the seconds its model spent in
+    log-likelihood scoring (task loading and set-up not counted, as for tunelab)."""
+    import time
+
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, batch_size=batch_size, device="cpu", dtype="float32")
+    spent = [0.0]
+    scoring = lm.loglikelihood
+
+    def timed(requests, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return scoring(requests, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    lm.loglikelihood = timed
     output = simple_evaluate(model=lm, tasks=list(tasks.values()), task_manager=TaskManager(include_path=str(folder)),
                              log_samples=True, num_fewshot=0)
     results = {}
@@ -89,7 +103,7 @@ def run_lm_eval(model: str, tasks: dict[str, str], folder: Path, batch_size: int
         samples = sorted(output["samples"][task], key=lambda s: s["doc_id"])
         results[name] = {"acc": output["results"][task]["acc,none"],
                          "logprobs": [[float(r[0]) for r in s["filtered_resps"]] for s in samples]}
-    return results
+    return results, spent[0]
 
 
 def agreement(ours: Sequence[dict], theirs: dict[str, Any]) -> dict[str, float]:

@@ -212,14 +212,12 @@ class Scenario:
         """Each row under the id its item gets (its place in the file)."""
         return {f"{self.name}:{i}": row for i, (_, row) in enumerate(self.rows())}
 
-    def items(self, fmt: str = "tunelab", limit: int | None = None, shots: int = 0, seed: int = 0,
-              rows: list[tuple[str, dict]] | None = None) -> list[Item]:
+    def items(self, fmt: str = "tunelab", limit: int | None = None, shots: int = 0, seed: int = 0) -> list[Item]:
         """The scenario's items; ``shots`` solved pool examples before each context (one
         seeded draw shared by all items, as `tunelab benchmark` always did)."""
         if fmt not in FORMATS:
             raise TunelabError(f"unknown format '{fmt}'; formats: {', '.join(FORMATS)}")
-        rows = self.rows() if rows is None else rows
-        built = (self.build(row, f"{self.name}:{i}", fmt) for i, (_, row) in enumerate(rows))
+        built = (self.build(row, f"{self.name}:{i}", fmt) for i, (_, row) in enumerate(self.rows()))
         items = [item for item in built if item is not None][:limit]
         return with_shots(items, self.shot_examples(fmt, shots, seed)) if shots else items
 
