@@ -103,17 +103,28 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def _padded(rows: list[list[int]], value: int, *, left: bool = False, width: int | None = None) -> tuple[Any, Any]:
+    """Token rows as one tensor padded with ``value`` (on the left: every row ends at the
+    right edge), and the mask of real tokens."""
+    import torch
+
+    width = width or max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, seq in enumerate(rows):
+        if seq:
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[r, span] = torch.tensor(seq, dtype=torch.long)
+            mask[r, span] = 1
+    return ids, mask
+
+
 def _causal_batch(model: Any, tokenizer: Any, batch: list[Encoded]) -> list[list[float]]:
     import torch
 
     device = next(model.parameters()).device
     pad, options = _pad_id(tokenizer), len(batch[0].options)
-    width = max(len(e.context) for e in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, e in enumerate(batch):  # left padding: every context ends at the right edge
-        ids[row, width - len(e.context):] = torch.tensor(e.context)
-        mask[row, width - len(e.context):] = 1
+    ids, mask = _padded([e.context for e in batch], pad, left=True)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                 use_cache=True, logits_to_keep=1)
@@ -124,20 +135,15 @@ def _causal_batch(model: Any, tokenizer: Any, batch: list[Encoded]) -> list[list
     if rest > 0:  # the options' later tokens, read after the cached context
         cache = out.past_key_values
         cache.batch_repeat_interleave(options)
-        follow = torch.full((len(flat), rest), pad, dtype=torch.long)
-        follow_mask = torch.zeros_like(follow)
-        for r, o in enumerate(flat):
-            follow[r, : len(o) - 1] = torch.tensor(o[:-1], dtype=torch.long)
-            follow_mask[r, : len(o) - 1] = 1
+        follow, follow_mask = _padded([o[:-1] for o in flat], pad, width=rest)
         full_mask = torch.cat([mask.repeat_interleave(options, 0), follow_mask], 1)
         follow_positions = positions[:, -1:].repeat_interleave(options, 0) + 1 + torch.arange(rest)
         logits = model(input_ids=follow.to(device), attention_mask=full_mask.to(device),
                        position_ids=follow_positions.to(device), past_key_values=cache, use_cache=True).logits
-        logprobs = torch.log_softmax(logits.float(), -1)
-        for r, o in enumerate(flat):
-            if len(o) > 1:
-                targets = torch.tensor(o[1:], device=device)
-                totals[r] += float(logprobs[r, : len(o) - 1].gather(-1, targets[:, None]).sum())
+        targets, real = _padded([o[1:] for o in flat], 0, width=rest)
+        picked = torch.log_softmax(logits.float(), -1).gather(-1, targets.to(device)[..., None]).squeeze(-1)
+        later = (picked * real.to(device)).sum(1).tolist()
+        totals = [t + x for t, x in zip(totals, later)]
     return [totals[b * options:(b + 1) * options] for b in range(len(batch))]
 
 
@@ -147,18 +153,11 @@ def _seq2seq_batch(model: Any, tokenizer: Any, batch: list[Encoded]) -> list[lis
 
     device = next(model.parameters()).device
     pad, options = _pad_id(tokenizer), len(batch[0].options)
-    width = max(len(e.context) for e in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, e in enumerate(batch):
-        ids[row, : len(e.context)] = torch.tensor(e.context)
-        mask[row, : len(e.context)] = 1
+    ids, mask = _padded([e.context for e in batch], pad)
     encoder = model.get_encoder()(input_ids=ids.to(device), attention_mask=mask.to(device))
     hidden = encoder.last_hidden_state.repeat_interleave(options, 0)  # the encoder once per item
     flat = [o for e in batch for o in e.options]
-    labels = torch.full((len(flat), max(1, max(map(len, flat)))), -100, dtype=torch.long)
-    for r, o in enumerate(flat):
-        labels[r, : len(o)] = torch.tensor(o, dtype=torch.long)
+    labels, _ = _padded(flat, -100)
     logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
                    attention_mask=mask.repeat_interleave(options, 0).to(device), labels=labels.to(device)).logits
     logprobs = torch.log_softmax(logits.float(), -1)
