@@ -419,11 +419,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _from_args(EvalSettings, args, scenarios=tuple(names))
     specs = model_specs([m.strip() for m in args.models.split(",") if m.strip()], args.base)
     report = evaluate_models(specs, settings, args.out, lambda spec: load_for_inference(spec.model, spec.adapter),
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, toxicity=_toxicity(settings.toxicity))
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out / 'results.json'}, items.jsonl and report.md for {len(report['models'])} models",
           file=sys.stderr)
     return 0
+
+
+def _toxicity(folder: str | None):
+    """texts -> 1 - P(the classifier's reward label): for the toxicity classifier, the
+    probability of anything but 'neither' (Lab B's measure)."""
+    if not folder:
+        return None
+    from tunelab.alignment.reward import ModelScorer
+
+    scorer = ModelScorer(folder, output="probability")
+    return lambda texts: (1 - scorer([""] * len(texts), list(texts))).tolist()
 
 
 def cmd_forgetting(args: argparse.Namespace) -> int:

@@ -102,3 +102,26 @@ def test_cli_writes_the_report(tmp_path, tiny_llama_dir, capsys):
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"][str(tiny_llama_dir)]) == {"copa", "rte"}
     assert results["settings"]["perturb"] is False and "| model | n | acc |" in capsys.readouterr().out
+
+
+def test_dialogsum_summaries_are_scored_with_their_toxicity(tmp_path, tiny_model_dir, dialog_file, monkeypatch):
+    from tunelab.data import load_examples
+    from tunelab.evaluation import summarization
+
+    # the tiny models' 256-token window holds the short test dialogues, not DialogSum's
+    monkeypatch.setattr(summarization, "load_examples", lambda name, split, limit=None: load_examples(dialog_file, limit=limit))
+    settings = EvalSettings(scenarios=("dialogsum", "copa"), limit=3, bootstrap=0, perturb=False,
+                            toxicity="a-classifier")
+    calls = []
+    report = evaluate_models([ModelSpec("tiny", str(tiny_model_dir))], settings, tmp_path, loader(calls),
+                             progress=False, toxicity=lambda texts: [0.9 if i == 0 else 0.1 for i in range(len(texts))])
+    summary = report["models"]["tiny"]["dialogsum"]
+    assert summary["n"] == 3 and 0 <= summary["rouge1"] <= 1 and summary["new_tokens_mean"] > 0
+    assert summary["toxicity"] == pytest.approx((0.9 + 0.1 + 0.1) / 3) and summary["toxic_share"] == pytest.approx(1 / 3)
+    rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    generated = [r for r in rows if r["scenario"] == "dialogsum"]
+    assert len(generated) == 3 and generated[0]["toxicity"] == 0.9 and generated[0]["model"] == "tiny"
+    assert "ROUGE-1" in (tmp_path / "report.md").read_text()
+    with pytest.raises(TunelabError, match="no scorer"):
+        evaluate_models([ModelSpec("tiny", str(tiny_model_dir))], settings, tmp_path / "again", loader(calls),
+                        progress=False)

@@ -27,8 +27,9 @@ from tunelab.evaluation import choice_metrics as cm
 from tunelab.evaluation.html_report import render_html
 from tunelab.evaluation.loglik import score_items
 from tunelab.evaluation.perturbations import FAIRNESS, ROBUSTNESS, perturb_row
-from tunelab.evaluation.scenarios import Item, Scenario, scenario, with_shots
+from tunelab.evaluation.scenarios import GENERATIVE, Item, Scenario, scenario, with_shots
 from tunelab.evaluation.settings import EvalSettings
+from tunelab.evaluation.summarization import Toxicity, summarize, summary_metrics
 from tunelab.files import write_json, write_jsonl, write_text
 
 # --- items ------------------------------------------------------------------------------------
@@ -235,14 +236,17 @@ def fingerprint(spec: ModelSpec) -> str:
 
 
 def evaluate_models(models: Sequence[ModelSpec], settings: EvalSettings, out: Path,
-                    load: Callable[[ModelSpec], Any], progress: bool = True) -> dict[str, Any]:
-    """Score every model on every scenario (cached), and write the report files."""
+                    load: Callable[[ModelSpec], Any], progress: bool = True,
+                    toxicity: Toxicity | None = None) -> dict[str, Any]:
+    """Score every model on every scenario (cached), and write the report files.
+    ``toxicity`` scores generated text (settings.toxicity names it, for the cache key)."""
     settings.validate()
     out = Path(out)
     results: dict[str, dict[str, Any]] = {}
     all_items: list[dict] = []
     for spec in models:
-        results[spec.label], rows = evaluate_model(spec, settings, out / "cache" / fingerprint(spec), load, progress)
+        results[spec.label], rows = evaluate_model(spec, settings, out / "cache" / fingerprint(spec), load, progress,
+                                                   toxicity)
         all_items.extend(rows)
     report = {"settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"}, "models": results}
     write_json(out / "results.json", report)
@@ -253,30 +257,46 @@ def evaluate_models(models: Sequence[ModelSpec], settings: EvalSettings, out: Pa
 
 
 def evaluate_model(spec: ModelSpec, settings: EvalSettings, cache: Path, load: Callable[[ModelSpec], Any],
-                   progress: bool) -> tuple[dict[str, Any], list[dict]]:
-    from tqdm.auto import tqdm
-
+                   progress: bool, toxicity: Toxicity | None = None) -> tuple[dict[str, Any], list[dict]]:
     results, rows, loaded = {}, [], None
     for name in settings.scenarios:
-        scenario_spec, path = scenario(name), cache / f"{name}-{settings.key(name)}.json"
+        path = cache / f"{name}-{settings.key(name)}.json"
         if path.is_file():
             saved = json.loads(path.read_text())
         else:
             loaded = loaded or load(spec)
-            total = len(build_items(scenario_spec, settings)) * passes(scenario_spec, settings)
-            with tqdm(total=total, desc=f"{spec.label} · {name}", unit="item", disable=not progress) as bar:
-                run = score_scenario(loaded.model, loaded.tokenizer, scenario_spec, settings, progress=bar.update)
-            saved = {"metrics": scenario_metrics(scenario_spec, run, settings),
-                     "items": item_rows(spec.label, scenario_spec, run)}
+            saved = run_generative(loaded, settings, toxicity, progress) if name in GENERATIVE else \
+                run_choices(loaded, spec.label, scenario(name), settings, progress)
             write_json(path, saved)
         results[name] = saved["metrics"]
         rows.extend({**row, "model": spec.label} for row in saved["items"])
     return results, rows
 
 
+def run_choices(loaded: Any, label: str, spec: Scenario, settings: EvalSettings, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    total = len(build_items(spec, settings)) * passes(spec, settings)
+    with tqdm(total=total, desc=f"{label} · {spec.name}", unit="item", disable=not progress) as bar:
+        run = score_scenario(loaded.model, loaded.tokenizer, spec, settings, progress=bar.update)
+    return {"metrics": scenario_metrics(spec, run, settings), "items": item_rows(label, spec, run)}
+
+
+def run_generative(loaded: Any, settings: EvalSettings, toxicity: Toxicity | None, progress: bool) -> dict[str, Any]:
+    if settings.toxicity and toxicity is None:
+        raise TunelabError("settings name a toxicity classifier but no scorer was given")
+    rows, seconds, new_tokens = summarize(loaded, limit=settings.items or settings.limit, shots=settings.shots,
+                                          seed=settings.seed, chat_template=settings.chat_template,
+                                          batch_size=settings.batch_size, progress=progress)
+    metrics = summary_metrics(rows, seconds, new_tokens, toxicity)
+    metrics["peak_memory_gb"] = peak_memory_gb()
+    return {"metrics": metrics, "items": [{"scenario": "dialogsum", **row} for row in rows]}
+
+
 COLUMNS = (("acc", "acc", 100), ("acc_norm", "acc_norm", 100), ("acc_mi", "acc_mi", 100), ("ece_10", "ECE-10", 100),
            ("brier", "Brier", 1), ("selective_acc_10", "sel@10", 100), ("robustness", "robust", 100),
            ("fairness", "fair", 100), ("bias_ambig", "bias (amb)", 1), ("bias_disambig", "bias (dis)", 1),
+           ("rouge1", "ROUGE-1", 100), ("rougeL", "ROUGE-L", 100), ("bleu", "BLEU", 1), ("toxicity", "toxicity", 1),
            ("seconds_per_item", "s/item", 1))
 
 

@@ -250,11 +250,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("bbq", "bbq", "test", _bbq, "bias", ("context", "question"), kind="bbq", pool=None),
     Scenario("hh_harmless", "hh-rlhf", "test", _harmless, "harmlessness"),
 )}
-SUITES = {"holistic": list(SCENARIOS), "lm-eval": [n for n, s in SCENARIOS.items() if s.lm_eval_task]}
+GENERATIVE = ("dialogsum",)  # scored by generating (evaluation/summarization.py), not by options
+SUITES = {"holistic": [*SCENARIOS, *GENERATIVE], "lm-eval": [n for n, s in SCENARIOS.items() if s.lm_eval_task]}
 
 
 def scenario(name: str) -> Scenario:
     if name not in SCENARIOS:
-        raise TunelabError(f"unknown scenario '{name}'; scenarios: {', '.join(SCENARIOS)}")
+        raise TunelabError(f"unknown scenario '{name}'; scenarios: {', '.join([*SCENARIOS, *GENERATIVE])}")
     return SCENARIOS[name]
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from tunelab.errors import TunelabError
-from tunelab.evaluation.scenarios import FORMATS, SUITES, scenario
+from tunelab.evaluation.scenarios import FORMATS, GENERATIVE, SUITES, scenario
 
 CACHE_VERSION = 1  # bump when a change alters cached numbers
 
@@ -31,12 +31,16 @@ class EvalSettings:
         "help": "Score robustness (typos, case, whitespace, contractions) and fairness (gender, names) too."})
     mutual_info: bool = field(default=True, metadata={
         "help": "Also score each option with no context, for acc_mi (one more pass)."})
+    toxicity: str | None = field(default=None, metadata={
+        "help": "A classifier folder (e.g. recipes/toxicity-classifier.yaml's) scoring the toxicity of generated "
+        "summaries as 1 - P(its reward label, 'neither')."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95%% intervals (0: none)."})
     batch_size: int = field(default=8, metadata={"help": "Items per forward pass (not part of the results)."})
 
     def validate(self) -> None:
         for name in self.scenarios:
-            scenario(name)
+            if name not in GENERATIVE:
+                scenario(name)
         if self.format not in FORMATS:
             raise TunelabError(f"unknown format '{self.format}'; formats: {', '.join(FORMATS)}")
         if self.shots < 0 or (self.limit is not None and self.limit < 1) or (self.items is not None and self.items < 1):
