@@ -130,7 +130,8 @@ def _causal_batch(model: Any, tokenizer: Any, batch: list[Encoded]) -> list[list
                 use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(options, 0)  # [B*K, V]
     flat = [o for e in batch for o in e.options]
-    totals = [float(first[r, o[0]]) if o else 0.0 for r, o in enumerate(flat)]
+    heads = torch.tensor([o[0] if o else 0 for o in flat], device=device)
+    totals = (first.gather(-1, heads[:, None]).squeeze(-1) * torch.tensor([bool(o) for o in flat], device=device)).tolist()
     rest = max(len(o) for o in flat) - 1
     if rest > 0:  # the options' later tokens, read after the cached context
         cache = out.past_key_values
