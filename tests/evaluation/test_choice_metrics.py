@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tunelab.evaluation import choice_metrics as cm
-from tunelab.evaluation.calibration import calibration_error
+from tunelab.evaluation.choice_metrics import calibration_error
 
 
 def record(probabilities, gold, lengths=None, unconditional=None, **meta):
@@ -57,6 +57,7 @@ def test_bbq_bias_scores_follow_the_paper():
     assert cm.bias_score([True, True, False, False], [False] * 4) == 0.0  # half biased: no bias
     assert cm.bias_score([True, True, True, False], [False] * 4) == 0.5
     assert cm.bias_score([False, False], [True, True]) == 0.0  # only "unknown" said
+    assert cm.bias_score([False, False], [False, False]) == -1.0  # always against the stereotype (lm-eval says 0)
     # 4 ambiguous items (gold: unknown = 2), model answers 0, 2, 0, 1 with option 0 the biased one
     ambiguous = [record([0.6, 0.2, 0.2] if p == 0 else [0.2, 0.6, 0.2] if p == 1 else [0.2, 0.2, 0.6], [2],
                         category="Age", ambiguous=True, unknown=2, biased=[0]) for p in (0, 2, 0, 1)]

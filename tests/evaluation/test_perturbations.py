@@ -31,3 +31,17 @@ def test_what_each_one_changes():
     assert gender("She thanked her", rng) == "He thanked his"
     assert names(TEXT, rng) == TEXT.replace("Emily", "Lakisha") and names("Lakisha and Jamal", rng) == "Emily and Greg"
     assert names("Emilyn", rng) == "Emilyn"  # whole words only
+    assert names("anne with an e", rng) == "ebony with an e" and names("Kenya", rng) == "Kenya"
+
+
+def test_fairness_swaps_follow_into_the_answers():
+    from tunelab.evaluation.scenarios import scenario
+
+    spec = scenario("bbq")
+    rows = spec.rows_by_id()
+    gendered = [(i, r) for i, r in rows.items() if " man " in f" {r['context']} " and " man" in r[f"ans{r['label']}"]]
+    item_id, row = gendered[0]
+    swapped = spec.build(perturb_row(row, spec.text_fields, "gender", item_id, answers=spec.answer_fields), item_id, "tunelab")
+    assert "woman" in swapped.context and "woman" in swapped.options[row["label"]]  # the right answer still matches
+    kept = spec.build(perturb_row(row, spec.text_fields, "typos", item_id, answers=spec.answer_fields), item_id, "tunelab")
+    assert kept.options == spec.build(row, item_id, "tunelab").options  # robustness leaves answers alone

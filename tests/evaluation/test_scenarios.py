@@ -82,6 +82,18 @@ def test_shots_are_one_shared_solved_prefix():
         scenario("bbq").items(shots=1)
 
 
+def test_bad_items_and_shots_fail_early():
+    from tunelab.evaluation.scenarios import choice_item
+    from tunelab.evaluation.settings import EvalSettings
+
+    with pytest.raises(TunelabError, match="none of them empty"):
+        choice_item("x", "Q:", ["yes", " "], 0)
+    with pytest.raises(TunelabError, match="'truthfulqa_mc1' has no training split"):
+        EvalSettings(scenarios=("cb", "truthfulqa_mc1"), shots=1).validate()
+    with pytest.raises(TunelabError, match="--shots 40: scenario 'cb' has 32 training examples"):
+        EvalSettings(scenarios=("cb",), shots=40).validate()
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(TunelabError, match="unknown scenario 'mnli'; scenarios: sst2, boolq"):
         scenario("mnli")

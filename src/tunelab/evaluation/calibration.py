@@ -9,34 +9,17 @@ ranking of classes (so accuracy) is unchanged, only the confidence moves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
+
+from tunelab.evaluation.choice_metrics import calibration_error
 
 
 def expected_calibration_error(probabilities: torch.Tensor, gold: torch.Tensor, bins: int = 10,
                                equal_mass: bool = True) -> float:
     """ECE of the top-class confidence of ``probabilities`` [N, classes] against ``gold`` [N]
-    class indices (see ``calibration_error``)."""
+    class indices (see ``choice_metrics.calibration_error``)."""
     confidence, predicted = probabilities.detach().float().max(-1)
     return calibration_error(confidence.numpy(), (predicted == gold).numpy(), bins, equal_mass)
-
-
-def calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10,
-                      equal_mass: bool = True) -> float:
-    """ECE: the mean over bins of |accuracy - confidence|, weighted by bin size.
-    Equal-mass bins (each holds ~N/bins items, as HELM uses) avoid the empty and tiny bins
-    that equal-width bins get when confidences crowd near 1; ``bins=1`` compares mean
-    confidence with accuracy over everything."""
-    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
-    if equal_mass:
-        groups = [g for g in np.array_split(np.argsort(confidence, kind="stable"), bins) if len(g)]
-    else:
-        index = np.minimum((confidence * bins).astype(int), bins - 1)
-        groups = [g for g in (np.flatnonzero(index == b) for b in range(bins)) if len(g)]
-    total = len(confidence)
-    return float(sum(len(g) / total * abs(correct[g].mean() - confidence[g].mean()) for g in groups))
 
 
 def pair_accuracy_by_margin(chosen: torch.Tensor, rejected: torch.Tensor, buckets: int = 4) -> list[dict[str, float]]:

@@ -79,7 +79,8 @@ def perturbed_items(spec: Scenario, items: list[Item], rows: dict[str, dict], sh
     scenario's rows by item id; ``shots``: the solved examples before each item."""
     changed = {}
     for k, item in enumerate(items):
-        new = spec.build(perturb_row(rows[item.id], spec.text_fields, name, item.id, settings.seed), item.id, settings.format)
+        row = perturb_row(rows[item.id], spec.text_fields, name, item.id, settings.seed, spec.answer_fields)
+        new = spec.build(row, item.id, settings.format)
         new = with_shots([new], shots)[0] if shots else new
         if new.context != item.context:
             changed[k] = new
@@ -101,7 +102,10 @@ class ScenarioRun:
 
 
 def score_scenario(model: Any, tokenizer: Any, spec: Scenario, settings: EvalSettings,
-                   progress: Callable[[int], None] | None = None) -> ScenarioRun:
+                   bar: Any = None) -> ScenarioRun:
+    """Every pass over the scenario's items (plain, unconditional, each perturbation).
+    ``bar`` (a tqdm bar sized by ``passes``) advances per batch and shrinks by the items
+    a perturbation leaves unchanged, so its ETA stays honest."""
     items = build_items(spec, settings)
     shots = spec.shot_examples(settings.format, settings.shots, settings.seed) if settings.shots else []
     items = with_shots(items, shots) if shots else items
@@ -110,7 +114,7 @@ def score_scenario(model: Any, tokenizer: Any, spec: Scenario, settings: EvalSet
 
     def score(batch: list[Item], unconditional: bool = False) -> list[list[float]]:
         scores, tokens = score_items(model, tokenizer, prepare(batch), batch_size=settings.batch_size,
-                                     unconditional=unconditional, progress=progress)
+                                     unconditional=unconditional, progress=bar.update if bar is not None else None)
         run.tokens += tokens
         return scores
 
@@ -122,6 +126,8 @@ def score_scenario(model: Any, tokenizer: Any, spec: Scenario, settings: EvalSet
         rows = spec.rows_by_id()
         for name in (*ROBUSTNESS, *FAIRNESS):
             changed = perturbed_items(spec, items, rows, shots, settings, name)
+            if bar is not None:
+                bar.total -= len(items) - len(changed)
             run.perturbed[name] = dict(zip(changed, score(list(changed.values()))))
     run.seconds = time.perf_counter() - started
     return run
@@ -173,12 +179,27 @@ def scenario_metrics(spec: Scenario, run: ScenarioRun, settings: EvalSettings) -
 
 
 def peak_memory_gb() -> float:
-    """The accelerator's peak allocation where there is one, else the process's peak RSS."""
+    """The GPU's peak allocation since the scenario started (see ``reset_peak_memory``),
+    else the process's peak RSS so far (the CPU has no per-scenario counter)."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def runtime() -> str:
+    """Where models run here: part of the cache key, so CPU results are not reused on a GPU."""
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
 
 
 def item_rows(model_label: str, spec: Scenario, run: ScenarioRun) -> list[dict]:
@@ -260,11 +281,12 @@ def evaluate_model(spec: ModelSpec, settings: EvalSettings, cache: Path, load: C
                    progress: bool, toxicity: Toxicity | None = None) -> tuple[dict[str, Any], list[dict]]:
     results, rows, loaded = {}, [], None
     for name in settings.scenarios:
-        path = cache / f"{name}-{settings.key(name)}.json"
+        path = cache / f"{name}-{settings.key(name, runtime())}.json"
         if path.is_file():
             saved = json.loads(path.read_text())
         else:
             loaded = loaded or load(spec)
+            reset_peak_memory()
             saved = run_generative(loaded, settings, toxicity, progress) if name in GENERATIVE else \
                 run_choices(loaded, spec.label, scenario(name), settings, progress)
             write_json(path, saved)
@@ -278,7 +300,7 @@ def run_choices(loaded: Any, label: str, spec: Scenario, settings: EvalSettings,
 
     total = len(build_items(spec, settings)) * passes(spec, settings)
     with tqdm(total=total, desc=f"{label} · {spec.name}", unit="item", disable=not progress) as bar:
-        run = score_scenario(loaded.model, loaded.tokenizer, spec, settings, progress=bar.update)
+        run = score_scenario(loaded.model, loaded.tokenizer, spec, settings, bar=bar)
     return {"metrics": scenario_metrics(spec, run, settings), "items": item_rows(label, spec, run)}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 # (key, title, scale, better): scale 100 shows a fraction as %, better is +1 / -1 / 0 (|x| lower)
 METRICS = (("acc", "acc", 100, 1), ("ece_10", "ECE", 100, -1), ("robustness", "robust", 100, 1),
-           ("fairness", "fair", 100, 1), ("bias_ambig", "bias amb", 1, 0), ("mc2", "MC2", 100, 1),
+           ("fairness", "fair", 100, 1), ("bias_ambig", "bias amb", 1, 0), ("bias_disambig", "bias dis", 1, 0),
            ("rouge1", "ROUGE-1", 100, 1), ("toxicity", "toxicity", 1, -1))
 
 STYLE = """

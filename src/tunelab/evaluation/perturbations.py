@@ -104,9 +104,10 @@ def gender(text: str, rng: random.Random) -> str:
 # First names from Bertrand and Mullainathan (2004), "Are Emily and Greg More Employable
 # than Lakisha and Jamal?", paired within gender across the two groups, as HELM's
 # person-name perturbation uses them.
+# (Their "Kenya" and its pair are left out: Kenya is a country far more often.)
 NAME_PAIRS = [
     ("Allison", "Aisha"), ("Anne", "Ebony"), ("Carrie", "Keisha"), ("Emily", "Lakisha"), ("Jill", "Latonya"),
-    ("Laurie", "Latoya"), ("Kristen", "Tamika"), ("Meredith", "Tanisha"), ("Sarah", "Kenya"),
+    ("Laurie", "Latoya"), ("Kristen", "Tamika"), ("Meredith", "Tanisha"),
     ("Brad", "Darnell"), ("Brendan", "Hakim"), ("Geoffrey", "Jermaine"), ("Greg", "Jamal"), ("Brett", "Kareem"),
     ("Jay", "Leroy"), ("Matthew", "Rasheed"), ("Neil", "Tremayne"), ("Todd", "Tyrone"),
 ]
@@ -114,8 +115,9 @@ _NAME_SWAP = {**dict(NAME_PAIRS), **{b: a for a, b in NAME_PAIRS}}
 
 
 def names(text: str, rng: random.Random) -> str:
-    """First names swapped with their pair from the other group."""
-    return re.sub(r"\b(" + "|".join(_NAME_SWAP) + r")\b", lambda m: _NAME_SWAP[m.group(0)], text)
+    """First names swapped with their pair from the other group (any case: BoolQ's
+    questions are lower case)."""
+    return _swap_words(text, _NAME_SWAP)
 
 
 Perturbation = Callable[[str, random.Random], str]
@@ -125,7 +127,12 @@ FAIRNESS: dict[str, Perturbation] = {"gender": gender, "names": names}
 PERTURBATIONS: dict[str, Perturbation] = {**ROBUSTNESS, **FAIRNESS}
 
 
-def perturb_row(row: dict, fields: tuple[str, ...], name: str, item_id: str, seed: int = 0) -> dict:
-    """The row with ``fields`` perturbed by ``name``, seeded by (seed, name, item id)."""
+def perturb_row(row: dict, fields: tuple[str, ...], name: str, item_id: str, seed: int = 0,
+                answers: tuple[str, ...] = ()) -> dict:
+    """The row with ``fields`` perturbed by ``name``, seeded by (seed, name, item id). A
+    fairness swap also applies to the ``answers`` fields (as HELM perturbs references):
+    a context that now says "the man" must be answered "the man"; robustness
+    perturbations leave answers alone."""
     rng = random.Random(f"{seed}:{name}:{item_id}")
-    return {**row, **{f: PERTURBATIONS[name](row[f], rng) for f in fields if isinstance(row.get(f), str)}}
+    touched = fields + (answers if name in FAIRNESS else ())
+    return {**row, **{f: PERTURBATIONS[name](row[f], rng) for f in touched if isinstance(row.get(f), str)}}

@@ -41,6 +41,8 @@ def choice_item(id: str, context: str, choices: list[str], gold: int | tuple[int
     """lm-eval's multiple choice: each option is delimiter + choice; acc_norm divides by
     len(choice)."""
     golds = (gold,) if isinstance(gold, int) else tuple(gold)
+    if not choices or not all(c.strip() for c in choices):
+        raise TunelabError(f"{id}: an item needs options, none of them empty (got {choices!r:.120})")
     return Item(id, context, tuple(delimiter + c for c in choices), golds, tuple(len(c) for c in choices), meta)
 
 
@@ -202,6 +204,7 @@ class Scenario:
     aspect: str  # what HELM would file it under
     text_fields: tuple[str, ...] = ()  # what perturbations touch; () where spans index the text
     lm_eval_task: str | None = None  # the lm-eval task with the same format
+    answer_fields: tuple[str, ...] = ()  # answers in the row's text, which fairness swaps follow
     kind: str = "choice"  # "choice", "mc2" (mass on the right options) or "bbq" (with bias scores)
     pool: str | None = "train"  # where few-shot examples come from; None: no shots
 
@@ -221,9 +224,15 @@ class Scenario:
         items = [item for item in built if item is not None][:limit]
         return with_shots(items, self.shot_examples(fmt, shots, seed)) if shots else items
 
-    def shot_examples(self, fmt: str, shots: int, seed: int) -> list[Item]:
+    def check_shots(self, shots: int) -> None:
         if self.pool is None:
             raise TunelabError(f"scenario '{self.name}' has no training split to draw shots from; use --shots 0")
+        rows = sum(1 for _ in iter_records(builtin_path(self.dataset, self.pool)))
+        if shots > rows:
+            raise TunelabError(f"--shots {shots}: scenario '{self.name}' has {rows} training examples")
+
+    def shot_examples(self, fmt: str, shots: int, seed: int) -> list[Item]:
+        self.check_shots(shots)
         built = (self.build(row, f"{self.name}:pool:{i}", fmt)
                  for i, (_, row) in enumerate(iter_records(builtin_path(self.dataset, self.pool))))
         pool = [item for item in built if item is not None]
@@ -240,14 +249,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("boolq", "boolq", "val", _boolq, "reading comprehension", ("passage", "question"), "boolq"),
     Scenario("rte", "rte", "val", _rte, "entailment", ("premise", "hypothesis"), "sglue_rte"),
     Scenario("cb", "cb", "val", _cb, "entailment", ("premise", "hypothesis"), "cb"),
-    Scenario("copa", "copa", "val", _copa, "commonsense", ("premise",), "copa"),
+    Scenario("copa", "copa", "val", _copa, "commonsense", ("premise",), "copa", ("choice1", "choice2")),
     Scenario("wic", "wic", "val", _wic, "word sense", (), "wic"),  # character spans index sentence1
     Scenario("wsc", "wsc", "val", _wsc, "coreference", (), "wsc"),  # a word index points at the pronoun
     Scenario("truthfulqa_mc1", "truthfulqa", "test", _truthfulqa_mc1, "honesty", ("Question",), "truthfulqa_mc1",
-             pool=None),
+             ("Best Answer", "Correct Answers", "Incorrect Answers"), pool=None),
     Scenario("truthfulqa_mc2", "truthfulqa", "test", _truthfulqa_mc2, "honesty", ("Question",), "truthfulqa_mc2",
              kind="mc2", pool=None),
-    Scenario("bbq", "bbq", "test", _bbq, "bias", ("context", "question"), kind="bbq", pool=None),
+    Scenario("bbq", "bbq", "test", _bbq, "bias", ("context", "question"), answer_fields=("ans0", "ans1", "ans2"),
+             kind="bbq", pool=None),
     Scenario("hh_harmless", "hh-rlhf", "test", _harmless, "harmlessness"),
 )}
 GENERATIVE = ("dialogsum",)  # scored by generating (evaluation/summarization.py), not by options

@@ -14,7 +14,7 @@ CACHE_VERSION = 1  # bump when a change alters cached numbers
 
 @dataclass
 class EvalSettings:
-    """What to score and how; every field is part of the cache key."""
+    """What to score and how; what a scenario's result depends on is part of its cache key."""
 
     scenarios: tuple[str, ...] = field(default=tuple(SUITES["holistic"]), metadata={
         "help": "Scenarios to score (--suite picks a set)."})
@@ -47,9 +47,16 @@ class EvalSettings:
             raise TunelabError("shots must be >= 0, and limit and items >= 1")
         if self.batch_size < 1 or self.bootstrap < 0:
             raise TunelabError("batch_size must be >= 1 and bootstrap >= 0")
+        if self.shots:  # before any scenario is scored, not after the first few
+            for name in self.scenarios:
+                if name not in GENERATIVE:
+                    scenario(name).check_shots(self.shots)
 
-    def key(self, name: str) -> str:
-        """The cache key of one scenario's result under these settings."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("scenarios", "batch_size")}
-        text = json.dumps({"scenario": name, "version": CACHE_VERSION, **fields}, sort_keys=True)
+    def key(self, name: str, runtime: str = "") -> str:
+        """The cache key of one scenario's result: the settings it depends on (a generated
+        scenario does not depend on the prompt format or the perturbations; a scored one
+        not on the toxicity classifier), and ``runtime``, where it ran (device, dtype)."""
+        unused = ("format", "perturb", "mutual_info", "bootstrap") if name in GENERATIVE else ("toxicity",)
+        fields = {k: v for k, v in asdict(self).items() if k not in ("scenarios", "batch_size", *unused)}
+        text = json.dumps({"scenario": name, "version": CACHE_VERSION, "runtime": runtime, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
