@@ -66,8 +66,8 @@ _EXPANSIONS = {short: long for long, short in CONTRACTIONS.items() if long != "c
 
 
 def _swap_words(text: str, table: dict[str, str]) -> str:
-    """Replace whole words or phrases from ``table`` (matched ignoring case), keeping the
-    first letter's case."""
+    """Replace whole words or phrases from ``table`` (matched ignoring case); the first
+    letter takes the case of the word it replaces."""
     pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in sorted(table, key=len, reverse=True)) + r")\b",
                          re.IGNORECASE)
     lowered = {k.lower(): v for k, v in table.items()}
@@ -75,7 +75,7 @@ def _swap_words(text: str, table: dict[str, str]) -> str:
     def one(match: re.Match) -> str:
         found = match.group(0)
         new = lowered[found.lower()]
-        return new[0].upper() + new[1:] if found[0].isupper() else new
+        return (new[0].upper() if found[0].isupper() else new[0].lower()) + new[1:]
     return pattern.sub(one, text)
 
 
