@@ -188,4 +188,5 @@ def test_a_time_budget_stops_training_and_eval_seconds_evaluates_along_the_way(t
     assert [r["step"] for r in evaluations] == [1, 2, 3]
     assert all(r["elapsed"] > 0 for r in evaluations[:2])
     steps = [r for r in records if "loss" in r]
-    assert all(a["elapsed"] < b["elapsed"] for a, b in zip(steps, steps[1:]))
+    # the clock runs on across steps (a tiny model's step can take under a millisecond, so equal is allowed)
+    assert all(a["elapsed"] <= b["elapsed"] for a, b in zip(steps, steps[1:])) and steps[-1]["elapsed"] > steps[0]["elapsed"]

@@ -428,11 +428,11 @@ class Trainer:
         bar.set_postfix(self.progress_postfix(record))
         if state["step"] % config.logging_steps == 0:
             self.log({"step": state["step"], "epoch": state["epoch"], **record,
-                      "lr": self.scheduler.get_last_lr()[0], "tokens": state["tokens"], "elapsed": round(state["elapsed"], 2)})
+                      "lr": self.scheduler.get_last_lr()[0], "tokens": state["tokens"], "elapsed": round(state["elapsed"], 3)})
         if self._eval_due(state, last=self._done(state, self.total_steps_planned)):
             metrics = self.evaluate_during_training(state)
             if metrics:
-                self.log({"step": state["step"], "elapsed": round(state["elapsed"], 2), **metrics})
+                self.log({"step": state["step"], "elapsed": round(state["elapsed"], 3), **metrics})
         self.after_step(state, record)
         if config.save_steps and state["step"] % config.save_steps == 0 and self.accelerator.is_main_process:
             self.save_checkpoint({**state, **self.checkpoint_state()})
