@@ -63,7 +63,9 @@ def test_sign_in_rank_with_mouse_and_keyboard(server, db, tokens, tmp_path):
         page.keyboard.press("Digit3")
         assert cards.nth(2).get_attribute("class").split() == ["completion", "irrelevant"]
         page.keyboard.press("Enter")
-        page.wait_for_function(f"document.querySelector('#ranking') && document.querySelector('#ranking').dataset.promptId != '{prompt_id}'")
+        # a selector, not wait_for_function: its polling evals a string, which the page's CSP
+        # (script-src 'self') refuses whenever the first check is not already true
+        page.wait_for_selector(f"#ranking:not([data-prompt-id='{prompt_id}'])")
         assert "you: 1 judged" in page.inner_text("#progress")
         browser.close()
 
