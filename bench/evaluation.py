@@ -34,7 +34,7 @@ def model_folder(name: str) -> str:
 
 
 def tunelab_worker(args: argparse.Namespace) -> dict:
-    from tunelab.evaluation.holistic import build_items, score_scenario
+    from tunelab.evaluation.scoring import build_items, score_scenario
     from tunelab.evaluation.scenarios import scenario
     from tunelab.evaluation.settings import EvalSettings
     from tunelab.models import load_for_inference
@@ -46,11 +46,11 @@ def tunelab_worker(args: argparse.Namespace) -> dict:
     for name in args.tasks:
         spec = scenario(name)
         started = time.perf_counter()
-        run = score_scenario(loaded.model, loaded.tokenizer, spec, settings)
+        scored = score_scenario(loaded.model, loaded.tokenizer, spec, settings, items=build_items(spec, settings))
         seconds = time.perf_counter() - started
         out["seconds"] += seconds
-        items = build_items(spec, settings)
-        out["tasks"][name] = {"items": len(items), "seconds": seconds, "logprobs": run.logprobs}
+        out["tasks"][name] = {"items": len(scored.records), "seconds": seconds,
+                              "logprobs": [r["logprobs"] for r in scored.records]}
     return out
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.evaluation import holistic
-from tunelab.evaluation.holistic import ModelSpec, evaluate_models, model_specs, stratified_subset
+from tunelab.evaluation.holistic import ModelSpec, evaluate_models, model_specs
+from tunelab.evaluation.scoring import in_chat, stratified_subset
 from tunelab.evaluation.scenarios import scenario
 from tunelab.evaluation.settings import EvalSettings
 from tunelab.models import load_for_inference
@@ -53,9 +53,25 @@ def test_a_cached_model_is_not_scored_again(tmp_path, tiny_llama_dir, tiny_t5_di
                            tmp_path, loader(calls), progress=False)
     assert calls == ["llama", "t5"]  # the second report loaded only the new model
     assert both["models"]["llama"] == first["models"]["llama"]
+    resampled = EvalSettings(scenarios=("copa",), limit=4, bootstrap=20, perturb=False)
+    again = evaluate_models([ModelSpec("llama", str(tiny_llama_dir))], resampled, tmp_path, loader(calls), progress=False)
+    assert calls == ["llama", "t5"]  # raw scores are cached: intervals come from them, no model needed
+    assert again["models"]["llama"]["copa"]["acc"] == first["models"]["llama"]["copa"]["acc"]
+    assert "acc_ci" in again["models"]["llama"]["copa"] and "acc_ci" not in first["models"]["llama"]["copa"]
     changed = EvalSettings(scenarios=("copa",), limit=4, bootstrap=0, perturb=False, format="lm-eval")
     evaluate_models([ModelSpec("llama", str(tiny_llama_dir))], changed, tmp_path, loader(calls), progress=False)
-    assert calls == ["llama", "t5", "llama"]  # other settings, another cache entry
+    assert calls == ["llama", "t5", "llama"]  # other prompts, another cache entry
+
+
+def test_scored_scenario_round_trips_through_json(tiny_llama_dir):
+    from tunelab.evaluation.scoring import ScoredScenario, score_scenario
+    from tunelab.models import load_for_inference
+
+    loaded = load_for_inference(str(tiny_llama_dir), device="cpu")
+    settings = EvalSettings(scenarios=("copa",), limit=3, bootstrap=0)
+    scored = score_scenario(loaded.model, loaded.tokenizer, scenario("copa"), settings)
+    assert len(scored.records) == 3 and set(scored.perturbed) >= {"typos", "gender"} and scored.tokens > 0
+    assert ScoredScenario.from_json(json.loads(json.dumps(scored.to_json()))) == scored
 
 
 def test_fast_mode_subset_is_stratified_and_fixed():
@@ -75,7 +91,7 @@ def test_chat_template_wraps_the_context(tiny_llama_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     item = scenario("cb").items(limit=1)[0]
-    wrapped = holistic.in_chat([item], tokenizer)[0]
+    wrapped = in_chat([item], tokenizer)[0]
     assert item.context in wrapped.context and wrapped.context != item.context
     assert wrapped.options == ("True", "False", "Neither") and wrapped.gold == item.gold
 
@@ -122,6 +138,10 @@ def test_dialogsum_summaries_are_scored_with_their_toxicity(tmp_path, tiny_model
     generated = [r for r in rows if r["scenario"] == "dialogsum"]
     assert len(generated) == 3 and generated[0]["toxicity"] == 0.9 and generated[0]["model"] == "tiny"
     assert "ROUGE-1" in (tmp_path / "report.md").read_text()
+    retoxed = evaluate_models([ModelSpec("tiny", str(tiny_model_dir))], settings, tmp_path, loader(calls),
+                              progress=False, toxicity=lambda texts: [0.2] * len(texts))
+    assert calls == ["tiny"] and retoxed["models"]["tiny"]["dialogsum"]["toxicity"] == pytest.approx(0.2)
+    assert retoxed["models"]["tiny"]["dialogsum"]["rouge1"] == summary["rouge1"]  # the cached summaries, scored again
     with pytest.raises(TunelabError, match="no scorer"):
         evaluate_models([ModelSpec("tiny", str(tiny_model_dir))], settings, tmp_path / "again", loader(calls),
                         progress=False)

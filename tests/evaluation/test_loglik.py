@@ -50,12 +50,43 @@ def test_unconditional_scores_read_the_options_alone(tiny_model):
         assert got == pytest.approx(plain_score(model, tokenizer, item, unconditional=True), abs=1e-4)
 
 
-def test_causal_tokens_follow_lm_eval(tiny_llama_dir):
+def lm_eval_encoder(tokenizer, backend="causal"):
+    """lm-evaluation-harness's own HFLM tokenization (``_encode_pair``, ``tok_encode``) on
+    our tokenizer, without loading a model: the reference our encoding must equal."""
+    from lm_eval.models.huggingface import HFLM  # in the dev extras
+
+    lm = HFLM.__new__(HFLM)
+    lm.tokenizer, lm.backend, lm.add_bos_token, lm.custom_prefix_token_id = tokenizer, backend, None, None
+    return lm
+
+
+@pytest.mark.parametrize("context, option", [
+    ("Is it? ", " yes"), ("Is it?", " yes"), ("Premise: the man fell.\nHypothesis: he", " was hurt"),
+    ("Question: where?\nAnswer:", " in the river bank over there"), ("a  ", "  b"), ("Q: x\nA:", "\n yes"),
+])
+def test_causal_tokens_equal_lm_eval(tiny_llama_dir, context, option):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    e = encode_causal(tokenizer, "Is it? ", [" yes"])
-    whole = tokenizer("Is it?  yes", add_special_tokens=False)["input_ids"]
-    assert e.context == tokenizer("Is it?", add_special_tokens=False)["input_ids"]
-    assert e.context + e.options[0] == whole[: len(e.context)] + whole[len(e.context):]
-    assert encode_causal(tokenizer, "", [" yes"]).context in ([tokenizer.bos_token_id], [tokenizer.eos_token_id])
+    expected_context, expected_option = lm_eval_encoder(tokenizer)._encode_pair(context, option)
+    e = encode_causal(tokenizer, context, [option])
+    assert (e.context, e.options[0]) == (expected_context, expected_option)
+
+
+def test_chat_context_gets_no_second_bos(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    context = (tokenizer.bos_token or "") + "Is it?"
+    expected_context, expected_option = lm_eval_encoder(tokenizer)._encode_pair(context, " yes")
+    e = encode_causal(tokenizer, context, [" yes"])
+    assert (e.context, e.options[0]) == (expected_context, expected_option)
+
+
+def test_empty_context_is_lm_eval_prefix_token(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    e = encode_causal(tokenizer, "", [" yes"])
+    assert e.context == [lm_eval_encoder(tokenizer).prefix_token_id]
+    assert e.options[0] == lm_eval_encoder(tokenizer).tok_encode(" yes", add_special_tokens=False)  # lm-eval's rule

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from tunelab.errors import TunelabError
 from tunelab.evaluation.scenarios import FORMATS, GENERATIVE, SUITES, scenario
 
-CACHE_VERSION = 1  # bump when a change alters cached numbers
+CACHE_VERSION = 2  # bump when a change alters cached scores (2: raw scores, not metrics)
 
 
 @dataclass
@@ -53,10 +53,11 @@ class EvalSettings:
                     scenario(name).check_shots(self.shots)
 
     def key(self, name: str, runtime: str = "") -> str:
-        """The cache key of one scenario's result: the settings it depends on (a generated
-        scenario does not depend on the prompt format or the perturbations; a scored one
-        not on the toxicity classifier), and ``runtime``, where it ran (device, dtype)."""
-        unused = ("format", "perturb", "mutual_info", "bootstrap") if name in GENERATIVE else ("toxicity",)
+        """The cache key of one scenario's raw scores: the settings they depend on, and
+        ``runtime``, where they ran (device, dtype). Metric settings (bootstrap resamples,
+        the toxicity classifier) are applied to the cached scores, so they are not in it;
+        a generated scenario does not depend on the prompt format or the perturbations."""
+        unused = ("bootstrap", "toxicity", *(("format", "perturb", "mutual_info") if name in GENERATIVE else ()))
         fields = {k: v for k, v in asdict(self).items() if k not in ("scenarios", "batch_size", *unused)}
         text = json.dumps({"scenario": name, "version": CACHE_VERSION, "runtime": runtime, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
