@@ -18,6 +18,7 @@ LAYERS = [
     {"data", "models"},
     {"prompting", "generation"},
     {"evaluation"},
+    {"agents"},
     {"training"},
     {"alignment"},
     {"recipe", "feedback", "serving"},

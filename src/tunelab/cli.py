@@ -279,6 +279,25 @@ def _http_limits(args: argparse.Namespace):
     return _from_args(HttpLimits, args, **{k: v for k, v in defaults.items() if getattr(args, k, None) is None})
 
 
+def _agent_parser(sub) -> None:
+    from tunelab.agents.sandbox import SandboxLimits
+    from tunelab.agents.tools import BUILTIN
+
+    p = sub.add_parser("agent", help="the model as an agent with tools; run one tool directly")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tool = actions.add_parser("tool", help="run one tool on JSON arguments and print its observation",
+                              description="Run one tool as an agent would (arguments checked against its schema); "
+                              "for debugging a tool, and for trying the sandbox from the shell. "
+                              "Exit status 1 when the call failed.")
+    tool.add_argument("name", choices=BUILTIN, help="the tool")
+    tool.add_argument("--args", required=True, help='its arguments as JSON, e.g. \'{"expression": "48/2"}\'')
+    tool.add_argument("--corpus", default="boolq",
+                      help="search: a corpus file (JSONL with 'text', or paragraphs of text) or 'boolq' "
+                      "(BoolQ's validation passages; default)")
+    tool.add_argument("--k", type=int, default=3, help="search: passages returned (default 3)")
+    _add_dataclass_options(tool.add_argument_group("sandbox (the python tool)"), SandboxLimits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -297,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reward_parser(sub)
     _label_parser(sub)
     _serve_parser(sub)
+    _agent_parser(sub)
     return parser
 
 
@@ -603,10 +623,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from tunelab.agents.sandbox import SandboxLimits
+    from tunelab.agents.tools import make_tools
+
+    index = _search_index(args.corpus) if args.name == "search" else None
+    tools = make_tools([args.name], index=index, limits=_from_args(SandboxLimits, args), k=args.k)
+    observation = tools[args.name](args.args)
+    print(observation.text)
+    return 1 if observation.error else 0
+
+
+def _search_index(corpus: str):
+    from tunelab.agents.search import SearchIndex, boolq_passages, passages_from_file
+
+    return SearchIndex(boolq_passages() if corpus == "boolq" else passages_from_file(corpus))
+
+
 COMMANDS = {
     "prompt": cmd_prompt, "eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "merge": cmd_merge,
     "benchmark": cmd_benchmark, "evaluate": cmd_evaluate, "forgetting": cmd_forgetting, "reward": cmd_reward,
-    "label": cmd_label, "serve": cmd_serve,
+    "label": cmd_label, "serve": cmd_serve, "agent": cmd_agent,
 }
 
 
