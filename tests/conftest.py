@@ -27,7 +27,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer():
+def train_tokenizer(all_bytes: bool = False, vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on the test dialogues. ``all_bytes``: its alphabet
+    holds every byte (as real tokenizers' do), so any text, JSON included, can be written."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
     from transformers import PreTrainedTokenizerFast
 
@@ -37,7 +39,9 @@ def train_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False))
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if all_bytes else []
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                        initial_alphabet=alphabet, show_progress=False))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
@@ -51,10 +55,13 @@ def _save(model, tokenizer, folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
+    return make_tiny_llama(train_tokenizer(), tmp_path_factory.mktemp("tiny-llama"))
+
+
+def make_tiny_llama(tokenizer, folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = train_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -63,15 +70,18 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2, tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    return _save(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+    return _save(LlamaForCausalLM(config), tokenizer, folder)
 
 
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory) -> Path:
+    return make_tiny_t5(train_tokenizer(), tmp_path_factory.mktemp("tiny-t5"))
+
+
+def make_tiny_t5(tokenizer, folder: Path) -> Path:
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    tokenizer = train_tokenizer()
     tokenizer.model_max_length = 128
     config = T5Config(
         vocab_size=len(tokenizer), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2,
@@ -79,7 +89,7 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
         decoder_start_token_id=tokenizer.pad_token_id, initializer_factor=1.5,
     )
     torch.manual_seed(0)
-    return _save(T5ForConditionalGeneration(config), tokenizer, tmp_path_factory.mktemp("tiny-t5"))
+    return _save(T5ForConditionalGeneration(config), tokenizer, folder)
 
 
 @pytest.fixture(params=["llama", "t5"])

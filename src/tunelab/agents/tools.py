@@ -74,6 +74,8 @@ def check_arguments(tool: Tool, arguments: dict[str, Any] | str) -> dict[str, An
     return arguments
 
 
+# Every string has a maxLength, so a constrained call always closes within a bounded
+# number of tokens.
 def _object(properties: dict[str, Any], required: Sequence[str]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
@@ -86,7 +88,8 @@ def calculator_tool() -> Tool:
             raise TunelabError(str(error)) from None
 
     return Tool("calculator", "Evaluate an arithmetic expression exactly, e.g. '48/2' or '(3 + 4) * 2.5'.",
-                _object({"expression": {"type": "string", "description": "numbers, + - * / // % ** ( ), sqrt"}},
+                _object({"expression": {"type": "string", "maxLength": 200,
+                                       "description": "numbers, + - * / // % ** ( ), sqrt"}},
                         ["expression"]), run)
 
 
@@ -96,7 +99,8 @@ def python_tool(limits: SandboxLimits | None = None) -> Tool:
 
     return Tool("python", "Run a Python program in a sandbox (no network, no files of the user, a few seconds); "
                 "what it prints is the result.",
-                _object({"code": {"type": "string", "description": "a complete Python program that prints its answer"}},
+                _object({"code": {"type": "string", "maxLength": 4000,
+                                 "description": "a complete Python program that prints its answer"}},
                         ["code"]), run)
 
 
@@ -107,12 +111,12 @@ def search_tool(index: Any, k: int = 3) -> Tool:
         return "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1)) or "no passage matches"
 
     return Tool("search", "Search a local collection of passages; returns the best matches.",
-                _object({"query": {"type": "string", "description": "what to look for"}}, ["query"]), run)
+                _object({"query": {"type": "string", "maxLength": 300, "description": "what to look for"}}, ["query"]), run)
 
 
 def finish_tool() -> Tool:
     return Tool(FINISH, "Give the final answer and stop.",
-                _object({"answer": {"type": "string", "description": "the final answer"}}, ["answer"]),
+                _object({"answer": {"type": "string", "maxLength": 300, "description": "the final answer"}}, ["answer"]),
                 lambda answer: str(answer))
 
 

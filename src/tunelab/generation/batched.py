@@ -33,6 +33,7 @@ from transformers.generation.logits_process import (
 )
 
 from tunelab.errors import TunelabError
+from tunelab.generation.constraint import Constraint
 from tunelab.generation.settings import GenerationSettings
 
 
@@ -78,13 +79,15 @@ def generate_from_ids(
     max_new_tokens: Sequence[int] | None = None,
     on_token: Callable[[int, int], bool] | None = None,
     adapter_names: Sequence[str] | None = None,
+    constraints: Sequence[Constraint | None] | None = None,
 ) -> list[Generation]:
     """Generate from token ids. ``max_new_tokens`` gives each prompt its own limit (at most
     ``settings.max_new_tokens``). ``on_token(prompt index, token id)`` is called for every
     new token as it is chosen (streaming); when it returns False that prompt stops at
     once (finish reason "cancelled") and leaves the batch. ``adapter_names``: for a peft
     model holding several LoRA adapters, the adapter of each prompt ("__base__" for none):
-    one batch mixes them (peft's mixed-batch forward)."""
+    one batch mixes them (peft's mixed-batch forward). ``constraints``: per prompt, a
+    ``Constraint`` (e.g. a grammar) that decides which tokens may come next, or None."""
     if any(len(ids) == 0 for ids in prompt_ids):
         raise TunelabError("cannot generate from an empty prompt")
     if adapter_names is not None:
@@ -114,12 +117,14 @@ def generate_from_ids(
             routing = _RowAdapters(model, [adapter_names[i] for i in rows]) if adapter_names is not None else None
             extra = {"routing": routing} if routing is not None else {}
             limits = [max_new_tokens[i] for i in rows] if max_new_tokens is not None else None
+            grammar = [constraints[i] for i in rows] if constraints is not None else None
             callback = (lambda j, token, rows=rows: on_token(rows[j], token)) if on_token is not None else None
             try:  # the decoder's constructor runs the encoder already: the hooks come off whatever happens
                 decoder = decoder_class(
                     model, [list(prompt_ids[i]) for i in rows], pad_id, device, settings.max_new_tokens, **extra
                 )
-                outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits, callback)
+                outputs = _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits, callback,
+                                  grammar)
             finally:
                 if routing is not None:
                     routing.close()
@@ -235,10 +240,11 @@ def _logits_processors(settings: GenerationSettings):
     return processors
 
 
-def _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits=None, on_token=None
-            ) -> list[tuple[list[int], str, int | None]]:
+def _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits=None, on_token=None,
+            constraints=None) -> list[tuple[list[int], str, int | None]]:
     """The decoding loop shared by both architectures; ``decoder`` hides the difference.
-    ``limits``: per-row new-token limits; ``on_token(row, token)``: see generate_from_ids."""
+    ``limits``: per-row new-token limits; ``on_token(row, token)``: see generate_from_ids;
+    ``constraints``: per row, a Constraint or None."""
     size = decoder.size
     limits = limits or [settings.max_new_tokens] * size
     tokens: list[list[int]] = [[] for _ in range(size)]
@@ -247,6 +253,10 @@ def _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits
     active = list(range(size))  # batch row -> original row in this batch
     logits = decoder.start()
     for step in range(settings.max_new_tokens):
+        if constraints is not None:  # before the warpers, so top-k/top-p choose among allowed tokens
+            for j, row in enumerate(active):
+                if constraints[row] is not None:
+                    constraints[row].mask_(logits[j])
         if len(processors):
             logits = processors(decoder.history(), logits)
         if settings.do_sample:
@@ -260,6 +270,11 @@ def _decode(decoder, settings, processors, eos_ids, tokenizer, generator, limits
                 reasons[row], ended_by[row] = "stop", token
                 continue
             tokens[row].append(token)
+            if constraints is not None and constraints[row] is not None:
+                constraints[row].consume(token)
+                if constraints[row].finished:  # the grammar is complete: nothing may follow
+                    reasons[row] = "stop"
+                    continue
             if on_token is not None and not on_token(row, token):
                 reasons[row] = "cancelled"
                 continue
