@@ -297,6 +297,37 @@ def _agent_parser(sub) -> None:
     tool.add_argument("--k", type=int, default=3, help="search: passages returned (default 3)")
     _add_dataclass_options(tool.add_argument_group("sandbox (the python tool)"), SandboxLimits)
 
+    run = actions.add_parser("run", help="answer a question as an agent (ReAct with tools, or PAL) and print the trace")
+    run.add_argument("question", help="the task")
+    run.add_argument("--tools", default="calculator", help=f"tools for ReAct, comma-separated: {', '.join(BUILTIN[:-1])} "
+                     "(finish is always there; default: calculator)")
+    run.add_argument("--mode", choices=["react", "pal"], default="react", help="ReAct with the tools, or PAL (default react)")
+    run.add_argument("--max-steps", type=int, default=6, help="react: the most model replies (default 6)")
+    run.add_argument("--max-tokens", type=int, default=320, help="new tokens per model reply (default 320)")
+    run.add_argument("--corpus", default="boolq", help="the search tool's corpus (a file, or 'boolq'; default boolq)")
+    run.add_argument("--out", type=Path, help="also write the trace as JSON")
+    _agent_model_options(run)
+
+    from tunelab.agents.tasks import AgentEvalSettings
+
+    evaluate = actions.add_parser("eval", help="score an agent on GSM8K or BoolQ with retrieval; metrics.json and traces",
+                                  description="Score a mode on a data set; writes DIR/metrics.json (n, accuracy with "
+                                  "its 95% interval, parse_rate, ...) and DIR/traces.jsonl (every trace).")
+    _add_dataclass_options(evaluate, AgentEvalSettings)
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    _agent_model_options(evaluate)
+
+
+def _agent_model_options(parser) -> None:
+    group = parser.add_argument_group("the model")
+    group.add_argument("--model", default="smollm2-135m-instruct", help="a model (name, folder or hub id; default "
+                       "smollm2-135m-instruct, the embedded one)")
+    group.add_argument("--adapter", help="an adapter folder to apply (any tunelab or peft adapter)")
+    group.add_argument("--endpoint", help="an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1) instead of "
+                       "a local model; steps are asked for with response_format")
+    group.add_argument("--endpoint-model", default="base", help="the model name sent to --endpoint (default base)")
+    group.add_argument("--api-key", help="bearer token for --endpoint (default: $TUNELAB_API_KEY)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -624,6 +655,79 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    return {"tool": _agent_tool, "run": _agent_run, "eval": _agent_eval}[args.action](args)
+
+
+def _agent_backend(args: argparse.Namespace):
+    """(backend, loaded model or None)."""
+    import os
+
+    from tunelab.agents.backends import LocalBackend, OpenAIBackend
+
+    if args.endpoint:
+        return OpenAIBackend(args.endpoint, args.endpoint_model, args.api_key or os.environ.get("TUNELAB_API_KEY")), None
+    from tunelab.models import load_for_inference
+
+    loaded = load_for_inference(args.model, args.adapter)
+    return LocalBackend(loaded), loaded
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    import json
+
+    from tunelab.agents.loops import run_pal, run_react
+    from tunelab.agents.tools import make_tools
+    from tunelab.files import write_json
+
+    backend, _ = _agent_backend(args)
+    if args.mode == "pal":
+        result = run_pal(args.question, backend, max_tokens=args.max_tokens)
+    else:
+        names = [n.strip() for n in args.tools.split(",") if n.strip()]
+        tools = make_tools(names, index=_search_index(args.corpus) if "search" in names else None)
+        result = run_react(args.question, tools, backend, max_steps=args.max_steps, max_tokens=args.max_tokens)
+    for n, step in enumerate(result.steps, 1):
+        if step.thought:
+            print(f"Thought {n}: {step.thought}")
+        print(f"Action {n}: {step.tool} {json.dumps(step.arguments)}" if step.tool else f"Reply {n}: {step.raw}")
+        print(f"Observation {n}: {step.observation}" + (f"  [{step.error}]" if step.error else ""))
+    print(f"Answer: {result.answer}  ({result.stop_reason}, {len(result.steps)} steps)")
+    if args.out:
+        write_json(args.out, result.to_json())
+    return 0 if result.answer is not None else 1
+
+
+def _agent_eval(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from tunelab.agents.tasks import AgentEvalSettings, load_rows, run_boolq_rag, run_gsm8k
+    from tunelab.files import write_json, write_jsonl
+
+    settings = _from_args(AgentEvalSettings, args)
+    settings.validate()
+    rows = load_rows(settings)
+    backend, loaded = _agent_backend(args) if not (settings.task == "boolq-rag" and args.endpoint) else (None, None)
+    if settings.task == "boolq-rag" and loaded is None:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError("boolq-rag scores answers by log-likelihood: it needs a local model, not --endpoint")
+    with tqdm(total=len(rows), desc=f"{settings.task} · {settings.mode}", unit="problem") as bar:
+        if settings.task == "gsm8k":
+            metrics, traces = run_gsm8k(rows, settings, backend, loaded, progress=bar.update)
+        else:
+            metrics, traces = run_boolq_rag(rows, settings, loaded, progress=bar.update)
+    metrics = {"task": settings.task, "mode": settings.mode, "model": args.endpoint or args.model,
+               "adapter": args.adapter, **metrics}
+    write_json(args.out / "metrics.json", metrics)
+    write_jsonl(args.out / "traces.jsonl", traces)
+    interval = metrics.get("accuracy_ci")
+    print(f"{settings.task} {settings.mode}: accuracy {100 * metrics['accuracy']:.1f}%"
+          + (f" (95% interval {100 * interval[0]:.1f}-{100 * interval[1]:.1f})" if interval else "")
+          + f", parse rate {100 * metrics['parse_rate']:.1f}%, n {metrics['n']}; wrote {args.out}")
+    return 0
+
+
+def _agent_tool(args: argparse.Namespace) -> int:
     from tunelab.agents.sandbox import SandboxLimits
     from tunelab.agents.tools import make_tools
 

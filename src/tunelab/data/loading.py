@@ -83,6 +83,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         description="The first human turn of the hh-rlhf harmless-base pairs (red-teaming requests, prompts for "
         "detoxification; scripts/make_redteam_prompts.py): train 1,505, test 315, none shared",
     ),
+    "gsm8k": BuiltinDataset(
+        splits={"train": "gsm8k/train.jsonl.gz", "dev": "gsm8k/dev.jsonl", "test": "gsm8k/test.jsonl"},
+        default_split="test", pool_split="train",
+        description="GSM8K grade-school math (Cobbe et al., 2021; MIT): question, answer with calculator "
+        "annotations and '#### number'; train 6,973, dev 500 (the upstream train split's last), test 1,119",
+    ),
     "davidson": BuiltinDataset(
         splits={"train": "davidson/train.csv", "test": "davidson/test.csv"}, default_split="test", pool_split="train",
         description="Davidson et al. tweets, class 0 hate / 1 offensive / 2 neither (MIT): train 20,505, test 2,278",

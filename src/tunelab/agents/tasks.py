@@ -1,0 +1,216 @@
+"""`tunelab agent eval`: score an agent on a data set and keep every trace.
+
+- ``gsm8k``: exact match of the final number, by mode — ``direct`` (the number), ``cot``
+  (a worked solution), ``pal`` (a program run in the sandbox), ``react`` (ReAct with the
+  calculator), ``calculator`` (the solution written with calculator calls the agent
+  answers, as in the training solutions; a local model only).
+- ``boolq-rag``: BoolQ's questions answered from retrieved passages: ``closed`` (the
+  question alone), ``bm25`` (the top-k passages BM25 finds among all of BoolQ's
+  validation passages), ``gold`` (the question's own passage, the upper bound); yes/no by
+  answer log-likelihood; with retrieval recall@k.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.agents.backends import Backend, render_chat
+from tunelab.agents.gsm8k import calculator_result, few_shot, gold_answer, last_number, same_number
+from tunelab.agents.loops import AgentResult, Step, run_pal, run_react
+from tunelab.agents.sandbox import SandboxLimits
+from tunelab.agents.tools import make_tools
+from tunelab.errors import TunelabError
+
+TASKS = {"gsm8k": ("react", "direct", "cot", "pal", "calculator"), "boolq-rag": ("bm25", "closed", "gold")}
+
+
+@dataclass
+class AgentEvalSettings:
+    """What `tunelab agent eval` scores and how."""
+
+    task: str = field(default="gsm8k", metadata={"help": "The task.", "choices": tuple(TASKS)})
+    mode: str | None = field(default=None, metadata={
+        "help": "gsm8k: react (default), direct, cot, pal or calculator; boolq-rag: bm25 (default), closed or gold."})
+    data: str | None = field(default=None, metadata={
+        "help": "A file of rows shaped like the built-in split's (default: the built-in data)."})
+    split: str = field(default="test", metadata={"help": "The built-in split (gsm8k: train, dev, test)."})
+    limit: int | None = field(default=None, metadata={"help": "The first N rows only."})
+    shots: int = field(default=2, metadata={"help": "gsm8k: solved training examples before each problem."})
+    max_steps: int = field(default=6, metadata={"help": "react: the most model replies per problem."})
+    max_tokens: int = field(default=320, metadata={"help": "New tokens per model reply."})
+    k: int = field(default=3, metadata={"help": "boolq-rag: passages retrieved."})
+    bootstrap: int = field(default=1000, metadata={"help": "Resamples for the 95%% interval of accuracy."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise TunelabError(f"unknown task '{self.task}'; tasks: {', '.join(TASKS)}")
+        self.mode = self.mode or TASKS[self.task][0]
+        if self.mode not in TASKS[self.task]:
+            raise TunelabError(f"unknown mode '{self.mode}' for {self.task}; modes: {', '.join(TASKS[self.task])}")
+        if self.shots < 0 or self.max_steps < 1 or self.k < 1 or (self.limit is not None and self.limit < 1):
+            raise TunelabError("shots must be >= 0; max_steps, k and limit >= 1")
+
+
+def load_rows(settings: AgentEvalSettings) -> list[dict[str, Any]]:
+    from tunelab.data.loading import builtin_path, iter_records
+
+    dataset = "gsm8k" if settings.task == "gsm8k" else "boolq"
+    split = settings.split if dataset == "gsm8k" else "val"
+    path = Path(settings.data) if settings.data else builtin_path(dataset, split)
+    required = ("question", "answer") if dataset == "gsm8k" else ("question", "passage", "label")
+    rows = []
+    for where, row in iter_records(path):
+        missing = [f for f in required if f not in row]
+        if missing:
+            raise TunelabError(f"{where}: a {settings.task} row needs {', '.join(required)} (missing {', '.join(missing)})")
+        if dataset == "gsm8k":
+            try:
+                gold_answer(row["answer"])
+            except ValueError as error:
+                raise TunelabError(f"{where}: {error}") from None
+        rows.append(row)
+        if settings.limit and len(rows) == settings.limit:
+            break
+    return rows
+
+
+# --- GSM8K ------------------------------------------------------------------------------------
+
+INSTRUCTIONS = {"direct": "Answer the math problem with its final number only, as '#### <number>'.",
+                "cot": "Solve the math problem step by step, then give the final number as '#### <number>'.",
+                "calculator": "Solve the math problem step by step. Write each calculation as <<expression=, "
+                "and the calculator completes it. End with '#### <number>'."}
+
+
+def solve(question: str, mode: str, backend: Backend, settings: AgentEvalSettings, shots: list[dict[str, Any]],
+          loaded: Any = None, limits: SandboxLimits | None = None) -> AgentResult:
+    if mode == "pal":
+        return run_pal(question, backend, limits=limits, max_tokens=settings.max_tokens)
+    if mode == "react":
+        return run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
+                         max_tokens=settings.max_tokens)
+    messages = [{"role": "system", "content": INSTRUCTIONS[mode]}, *few_shot(shots, mode),
+                {"role": "user", "content": question}]
+    if mode == "calculator":
+        if loaded is None:
+            raise TunelabError("mode 'calculator' runs the tool inside generation: it needs a local model")
+        text, calls = write_with_calculator(loaded, messages, settings.max_tokens)
+        step = Step(text, tool="calculator" if calls else None, observation=str(calls))
+    else:
+        text = backend.complete(messages, max_tokens=settings.max_tokens)
+        step = Step(text)
+    answer = last_number(text)
+    return AgentResult(question, answer, "finish" if answer is not None else "no answer", [step])
+
+
+def write_with_calculator(loaded: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, int]:
+    """Generate a solution; whenever the model opens a call ('<<' ... '='), the calculator
+    writes the result and '>>', and the model goes on. Returns the text and the calls made."""
+    from tunelab.generation import GenerationSettings, generate
+
+    prompt, has_special = render_chat(loaded.tokenizer, messages)
+    text, calls = "", 0
+    while True:
+        left = max_tokens - len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if left <= 0:
+            return text, calls
+        opened = "<<" in text.rsplit(">>", 1)[-1]
+        settings = GenerationSettings(max_new_tokens=left, stop=("=",) if opened else ("<<",), batch_size=1)
+        result = generate(loaded.model, loaded.tokenizer, [prompt + text], settings,
+                          add_special_tokens=not has_special, progress=False)[0]
+        raw = loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        marker = "=" if opened else "<<"
+        if marker not in raw:  # ended by the end of sequence or the token limit, not by the marker
+            return text + raw, calls
+        text += raw[: raw.index(marker) + len(marker)]
+        if opened:  # the model wrote the expression and '=': the calculator answers
+            expression = text.rsplit("<<", 1)[1][:-1]
+            text += calculator_result(expression) + ">>"
+            calls += 1
+
+
+def score_gsm8k(rows: list[dict[str, Any]], results: list[AgentResult], mode: str, bootstrap: int,
+                seed: int) -> dict[str, Any]:
+    from tunelab.evaluation.choice_metrics import bootstrap_interval
+
+    import numpy as np
+
+    correct = np.array([same_number(r.answer, gold_answer(row["answer"])) for row, r in zip(rows, results)], dtype=float)
+    outcomes = Counter(outcome(r, bool(c)) for r, c in zip(results, correct))
+    n = len(rows)
+    steps = [s for r in results for s in r.steps]
+    metrics = {"n": n, "accuracy": float(correct.mean()) if n else 0.0,
+               "parse_rate": 1 - sum(s.error == "parse" for s in steps) / max(len(steps), 1),
+               "tool_calls_per_problem": sum(r.tool_calls for r in results) / max(n, 1) if mode != "calculator"
+               else sum(int(s.observation or 0) for s in steps) / max(n, 1),
+               "outcomes": {k: v / max(n, 1) for k, v in sorted(outcomes.items())}}
+    if bootstrap and n:
+        metrics["accuracy_ci"] = bootstrap_interval(lambda i: float(correct[i].mean()), n, bootstrap, seed)
+    return metrics
+
+
+def outcome(result: AgentResult, correct: bool) -> str:
+    """Why a run ended as it did: right, or the first kind of failure."""
+    if correct:
+        return "right"
+    for kind in ("parse", "tool", "arguments", "unknown tool"):
+        if any(s.error == kind for s in result.steps):
+            return {"tool": "tool error"}.get(kind, kind)
+    if result.stop_reason == "step limit":
+        return "step limit"
+    return "wrong answer" if result.answer is not None else "no answer"
+
+
+def run_gsm8k(rows: list[dict[str, Any]], settings: AgentEvalSettings, backend: Backend, loaded: Any = None,
+              progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from tunelab.data.loading import builtin_path, iter_records
+
+    shots = [row for _, row in zip(range(settings.shots), (r for _, r in iter_records(builtin_path("gsm8k", "train"))))]
+    results = []
+    for row in rows:
+        results.append(solve(row["question"], settings.mode, backend, settings, shots, loaded))
+        if progress:
+            progress(1)
+    traces = [{**r.to_json(), "gold": gold_answer(row["answer"]), "correct": same_number(r.answer, gold_answer(row["answer"]))}
+              for row, r in zip(rows, results)]
+    return score_gsm8k(rows, results, settings.mode, settings.bootstrap, settings.seed), traces
+
+
+# --- BoolQ with retrieval ---------------------------------------------------------------------
+
+def run_boolq_rag(rows: list[dict[str, Any]], settings: AgentEvalSettings, loaded: Any,
+                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import numpy as np
+
+    from tunelab.agents.search import Passage, SearchIndex, boolq_passages
+    from tunelab.evaluation.choice_metrics import bootstrap_interval
+    from tunelab.evaluation.loglik import score_items
+    from tunelab.evaluation.scenarios import choice_item
+
+    corpus = boolq_passages() if not settings.data else \
+        list({row["passage"]: Passage(f"row:{n}", row["passage"]) for n, row in enumerate(rows)}.values())
+    index = SearchIndex(corpus) if settings.mode == "bm25" else None
+    items, traces = [], []
+    for n, row in enumerate(rows):
+        question = row["question"].rstrip("?") + "?"
+        passages = [] if settings.mode == "closed" else [row["passage"]] if settings.mode == "gold" else \
+            [hit.text for hit in index.search(question, settings.k)]
+        context = "".join(f"{p}\n\n" for p in passages) + f"Question: {question}\nAnswer:"
+        items.append(choice_item(f"boolq:{n}", context, ["no", "yes"], int(bool(row["label"]))))
+        traces.append({"question": question, "passages": passages, "gold_retrieved": row["passage"] in passages})
+    scores, _ = score_items(loaded.model, loaded.tokenizer, items, batch_size=4, progress=progress)
+    correct = np.array([int(np.argmax(s)) == item.gold[0] for s, item in zip(scores, items)], dtype=float)
+    for trace, s, right in zip(traces, scores, correct):
+        trace.update(logprobs=s, answer=["no", "yes"][int(np.argmax(s))], correct=bool(right))
+    metrics = {"n": len(rows), "accuracy": float(correct.mean()), "parse_rate": 1.0}
+    if settings.mode == "bm25":
+        metrics[f"recall_at_{settings.k}"] = sum(t["gold_retrieved"] for t in traces) / len(traces)
+    if settings.bootstrap:
+        metrics["accuracy_ci"] = bootstrap_interval(lambda i: float(correct[i].mean()), len(rows), settings.bootstrap,
+                                                    settings.seed)
+    return metrics, traces

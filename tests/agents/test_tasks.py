@@ -1,0 +1,126 @@
+"""GSM8K answers and traces, the modes of `tunelab agent eval` driven by a scripted
+backend, the calculator inserted into generation, and BoolQ with retrieval."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import tunelab.generation
+from tunelab.agents.backends import ScriptedBackend
+from tunelab.agents.gsm8k import gold_answer, last_number, same_number, trace_segments, without_calls
+from tunelab.agents.tasks import AgentEvalSettings, load_rows, run_boolq_rag, run_gsm8k, write_with_calculator
+from tunelab.errors import TunelabError
+
+SOLUTION = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether 48+24 = <<48+24=72>>72 clips.\n#### 72"
+ROWS = [{"question": "How many clips?", "answer": SOLUTION}, {"question": "How much?", "answer": "x\n#### 1,000"}]
+
+
+def test_answers_and_numbers():
+    assert gold_answer(SOLUTION) == "72" and gold_answer("#### 1,000") == "1000"
+    assert last_number("So she has $1,250.50 left.") == "1250.50" and last_number("#### 18\nThanks, 3 more") == "18"
+    assert last_number("no number") is None and last_number("It is 7.") == "7"
+    assert same_number("18.00", "18") and not same_number("18.5", "18") and not same_number(None, "1")
+
+
+def test_training_traces_leave_tool_output_to_the_tool():
+    segments = trace_segments(SOLUTION)
+    assert "".join(text for text, _ in segments) == SOLUTION
+    assert [text for text, by_model in segments if not by_model] == ["24>>", "72>>"]
+    assert segments[0] == ("Natalia sold 48/2 = <<48/2=", True)
+    assert without_calls(SOLUTION).startswith("Natalia sold 48/2 = 24 clips")
+
+
+@pytest.mark.parametrize("mode, replies, expected", [
+    ("direct", ["#### 72", "#### 999"], [True, False]),
+    ("cot", ["48/2 = 24, 48+24 = 72\n#### 72", "It is 1000 dollars.\n#### 1000"], [True, True]),
+    ("pal", ["```python\nprint(48 + 48 // 2)\n```", "```python\nprint(10 ** 3)\n```"], [True, True]),
+    ("react", [json.dumps({"thought": "add", "tool": "calculator", "arguments": {"expression": "48+24"}}),
+               json.dumps({"thought": "done", "tool": "finish", "arguments": {"answer": "72"}}),
+               "garbage", "garbage"], [True, False]),
+])
+def test_gsm8k_modes(mode, replies, expected):
+    settings = AgentEvalSettings(mode=mode, max_steps=2, shots=1, bootstrap=50)
+    settings.validate()
+    metrics, traces = run_gsm8k(ROWS, settings, ScriptedBackend(list(replies)))
+    assert [t["correct"] for t in traces] == expected
+    assert metrics["n"] == 2 and metrics["accuracy"] == sum(expected) / 2 and "accuracy_ci" in metrics
+    if mode == "react":
+        assert metrics["parse_rate"] == 0.5 and metrics["tool_calls_per_problem"] == 0.5
+        assert metrics["outcomes"] == {"parse": 0.5, "right": 0.5}
+
+
+class ByteTokenizer:
+    """A tokenizer whose tokens are bytes, for scripting a model's output."""
+
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": list(text.encode())}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode()
+
+
+def test_the_calculator_writes_into_the_solution(monkeypatch):
+    chunks = ["Natalia sold 48/2 = <<", "48/2=", "24 clips. Then 7*3 = <<", "7*3=", "21.\n#### 24"]
+    prompts = []
+
+    def fake_generate(model, tokenizer, prompts_, settings, **_):
+        prompts.append((prompts_[0], settings.stop))
+        return [SimpleNamespace(token_ids=list(chunks.pop(0).encode()), finish_reason="stop", eos_token_id=None)]
+
+    monkeypatch.setattr(tunelab.generation, "generate", fake_generate)
+    text, calls = write_with_calculator(SimpleNamespace(model=None, tokenizer=ByteTokenizer()),
+                                        [{"role": "user", "content": "q"}], max_tokens=500)
+    assert text == "Natalia sold 48/2 = <<48/2=24>>24 clips. Then 7*3 = <<7*3=21>>21.\n#### 24" and calls == 2
+    assert [stop for _, stop in prompts] == [("<<",), ("=",), ("<<",), ("=",), ("<<",)]
+    assert prompts[2][0].endswith("<<48/2=24>>")  # the model went on after the calculator's result
+
+
+def test_rows_and_settings_errors(tmp_path):
+    assert len(load_rows(AgentEvalSettings(task="gsm8k", split="dev", limit=3))) == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "no final number"}\n')
+    with pytest.raises(TunelabError, match=r"bad.jsonl:1: a GSM8K solution ends in"):
+        load_rows(AgentEvalSettings(data=str(bad)))
+    with pytest.raises(TunelabError, match="unknown mode 'pal' for boolq-rag; modes: bm25, closed, gold"):
+        AgentEvalSettings(task="boolq-rag", mode="pal").validate()
+
+
+@pytest.mark.parametrize("mode", ["closed", "bm25", "gold"])
+def test_boolq_with_retrieval(agent_llama_dir, mode):
+    from tunelab.models import load_model
+
+    loaded = load_model(str(agent_llama_dir), device="cpu")
+    settings = AgentEvalSettings(task="boolq-rag", mode=mode, limit=4, k=2, bootstrap=0)
+    rows = load_rows(settings)
+    metrics, traces = run_boolq_rag(rows, settings, loaded)
+    assert metrics["n"] == 4 and 0 <= metrics["accuracy"] <= 1 and len(traces) == 4
+    assert all(len(t["passages"]) == {"closed": 0, "bm25": 2, "gold": 1}[mode] for t in traces)
+    if mode == "bm25":
+        assert 0 <= metrics["recall_at_2"] <= 1
+    if mode == "gold":
+        assert all(t["gold_retrieved"] for t in traces)
+
+
+def test_cli_eval_writes_metrics_and_traces(tmp_path, agent_llama_dir):
+    from tunelab.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["agent", "eval", "--task", "gsm8k", "--mode", "direct", "--split", "dev", "--limit", "2",
+                 "--max-tokens", "8", "--model", str(agent_llama_dir), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 2 and {"accuracy", "parse_rate", "accuracy_ci", "outcomes"} <= set(metrics)
+    assert len((out / "traces.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_run_prints_the_trace(tmp_path, agent_llama_dir, capsys):
+    from tunelab.cli import main
+
+    code = main(["agent", "run", "What is 2 + 2?", "--model", str(agent_llama_dir), "--max-steps", "1",
+                 "--max-tokens", "2600", "--out", str(tmp_path / "trace.json")])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "Action 1: " in out and "Answer: " in out  # a random model, but a valid step
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert trace["parse_failures"] == 0 and len(trace["steps"]) == 1
