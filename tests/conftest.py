@@ -58,14 +58,14 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return make_tiny_llama(train_tokenizer(), tmp_path_factory.mktemp("tiny-llama"))
 
 
-def make_tiny_llama(tokenizer, folder: Path) -> Path:
+def make_tiny_llama(tokenizer, folder: Path, context: int = 256) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2, tie_word_embeddings=False,
     )
@@ -90,6 +90,19 @@ def make_tiny_t5(tokenizer, folder: Path) -> Path:
     )
     torch.manual_seed(0)
     return _save(T5ForConditionalGeneration(config), tokenizer, folder)
+
+
+@pytest.fixture(scope="session")
+def agent_llama_dir(tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer holds every byte, so that JSON and code can be written
+    (the shared tiny tokenizer only knows the bytes of the test dialogues)."""
+    return make_tiny_llama(train_tokenizer(all_bytes=True, vocab_size=400), tmp_path_factory.mktemp("agent-llama"),
+                           context=2048)  # room for tool descriptions
+
+
+@pytest.fixture(scope="session")
+def agent_t5_dir(tmp_path_factory) -> Path:
+    return make_tiny_t5(train_tokenizer(all_bytes=True, vocab_size=400), tmp_path_factory.mktemp("agent-t5"))
 
 
 @pytest.fixture(params=["llama", "t5"])

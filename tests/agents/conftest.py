@@ -1,21 +1,6 @@
-"""Tiny random models whose tokenizer holds every byte, so that JSON and code can be
-written (the shared tiny tokenizer only knows the bytes of the test dialogues)."""
-
-from pathlib import Path
+"""Both tiny agent models (tokenizers with every byte: see tests/conftest.py)."""
 
 import pytest
-
-from tests.conftest import make_tiny_llama, make_tiny_t5, train_tokenizer
-
-
-@pytest.fixture(scope="session")
-def agent_llama_dir(tmp_path_factory) -> Path:
-    return make_tiny_llama(train_tokenizer(all_bytes=True, vocab_size=400), tmp_path_factory.mktemp("agent-llama"))
-
-
-@pytest.fixture(scope="session")
-def agent_t5_dir(tmp_path_factory) -> Path:
-    return make_tiny_t5(train_tokenizer(all_bytes=True, vocab_size=400), tmp_path_factory.mktemp("agent-t5"))
 
 
 @pytest.fixture(params=["llama", "t5"])

@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,10 @@ from tunelab.generation.settings import GenerationSettings
 from tunelab.serving.adapters import AdapterError, AdapterSet
 from tunelab.serving.engine import BatchingEngine, QueueFull, Request as GenerationRequest, WorkerStopped, finish_reason
 from tunelab.serving.settings import ServerSettings
-from tunelab.serving.schema import UNSUPPORTED, ApiError, ChatBody, CompletionBody, LoadBody, Options, describe, error_body
+from tunelab.serving import tools as tool_calls
+from tunelab.serving.schema import (
+    CHAT_ONLY, UNSUPPORTED, ApiError, ChatBody, CompletionBody, LoadBody, Options, describe, error_body,
+)
 from tunelab.web import Refusal, RequestGuard, error_id, internal_error_message, log_internal_error
 
 log = logging.getLogger("tunelab.serving")
@@ -97,6 +100,8 @@ class Api:
     # -- admission ----------------------------------------------------------------------
     def check(self, body: Options) -> None:
         for name, neutral in UNSUPPORTED.items():
+            if name in CHAT_ONLY and isinstance(body, ChatBody):
+                continue
             if getattr(body, name) not in neutral:
                 raise ApiError(400, f"'{name}' is not supported by tunelab serve", param=name, code="unsupported_parameter")
         self.adapters.get(body.model)  # 404 model_not_found before anything runs
@@ -162,23 +167,32 @@ class Api:
         fault: a 400."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
-        messages = body.template_messages()
+        native = tool_calls.template_takes_tools(self.tokenizer)
+        messages = tool_calls.chat_messages(body, native)
+        extra = {"tools": [t.model_dump(exclude_none=True) for t in body.tools]} if native and body.tools else {}
         try:
-            return await run_in_threadpool(self.tokenizer.apply_chat_template, messages, tokenize=False, add_generation_prompt=True)
+            return await run_in_threadpool(self.tokenizer.apply_chat_template, messages, tokenize=False,
+                                           add_generation_prompt=True, **extra)
         except Exception as exc:  # noqa: BLE001 - jinja's TemplateError, or what a template raises on odd input
             raise ApiError(400, f"this model's chat template refuses these messages: {type(exc).__name__}: {exc}"[:500],
                            param="messages") from None
 
     # -- running ------------------------------------------------------------------------
-    def submit(self, body: Options, prompts: Sequence[list[int]], max_tokens: int, stream: asyncio.Queue | None) -> list[GenerationRequest]:
+    def submit(self, body: Options, prompts: Sequence[list[int]], max_tokens: int, stream: asyncio.Queue | None,
+               constraint: Any = None, stop: Sequence[str] = ()) -> list[GenerationRequest]:
+        """``constraint``: a function of no arguments making each answer's Constraint (a
+        JSON schema's); ``stop``: stop strings added to the request's own."""
         gen = self.generation_settings(body, max_tokens)
+        if stop:
+            gen = replace(gen, stop=(*gen.stop, *stop))
         loop = asyncio.get_running_loop()
         requests = []
         for index, ids in enumerate(p for p in prompts for _ in range(body.n)):
             on_text = None
             if stream is not None:
                 on_text = (lambda text, index=index: loop.call_soon_threadsafe(stream.put_nowait, (index, text)))
-            requests.append(GenerationRequest(body.model, ids, gen, on_text=on_text))
+            requests.append(GenerationRequest(body.model, ids, gen, on_text=on_text,
+                                              constraint=constraint() if constraint else None))
         try:
             for request in requests:
                 self.engine.submit(request)
@@ -225,17 +239,21 @@ class Api:
             log.error("error %s: generation failed", ident, exc_info=exc)
             raise ApiError(500, f"generation failed (error id {ident}; the server log has the detail)", "server_error") from None
 
-    async def answer(self, body: Options, http: Request, prompts: list[list[int]], max_tokens: int, chat: bool) -> Response:
+    async def answer(self, body: Options, http: Request, prompts: list[list[int]], max_tokens: int, chat: bool,
+                     constraint: Any = None) -> Response:
         ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         if body.stream:
             events: asyncio.Queue = asyncio.Queue()
-            requests = self.submit(body, prompts, max_tokens, events)
+            requests = self.submit(body, prompts, max_tokens, events, constraint)
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             chunks = self.stream(requests, events, _Chunks(ident, body.model, chat), include_usage, prompts)
             return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        outputs = await self.wait_all(self.submit(body, prompts, max_tokens, None), http)
+        outputs = await self.wait_all(self.submit(body, prompts, max_tokens, None, constraint), http)
         if outputs is None:
             return Response(status_code=499)  # nobody is listening; nginx's 'client closed request'
+        if constraint is not None:
+            for output in outputs:
+                output.text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)  # the whole JSON
         choices = [({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
                      "finish_reason": finish_reason(o)} if chat else
                     {"index": i, "text": o.text, "logprobs": None, "finish_reason": finish_reason(o)})
@@ -309,12 +327,74 @@ class Api:
         self.check(body)
         if len(body.messages) > self.settings.max_messages:
             raise ApiError(400, f"{len(body.messages)} messages is over this server's {self.settings.max_messages}", param="messages")
-        self.check_size([m.text() for m in body.messages], body.n, "messages")  # one prompt, n answers
+        tools = [json.dumps(t.model_dump(exclude_none=True)) for t in body.tools or []]
+        self.check_size([m.text() for m in body.messages] + tools, body.n, "messages")  # one prompt, n answers
         text = await self.render_chat(body)
         prompt = (await self.tokenize([text], add_special_tokens=False))[0]
         body.messages = []  # free the messages while the request waits for its answer
         max_tokens = self.max_new_tokens(body, len(prompt), self.settings.max_tokens_limit)
-        return await self.answer(body, http, [prompt], max_tokens, chat=True)
+        functions = tool_calls.allowed_functions(body)
+        if functions is not None:
+            return await self.answer_with_tools(body, http, prompt, max_tokens, functions)
+        schema = tool_calls.response_schema(body)
+        constraint = await self.constraint_maker(schema, "response_format") if schema else None
+        return await self.answer(body, http, [prompt], max_tokens, chat=True, constraint=constraint)
+
+    async def constraint_maker(self, schema: dict[str, Any], param: str) -> Any:
+        """A function making a fresh constraint for ``schema`` (compiled once, off the event
+        loop); a schema llguidance refuses is the request's fault."""
+        from tunelab.agents.constrained import SchemaConstraint, json_grammar, vocab_size
+
+        size = vocab_size(self.loaded.model)
+        try:
+            grammar = await run_in_threadpool(json_grammar, schema)
+            await run_in_threadpool(SchemaConstraint, self.tokenizer, size, grammar)  # compiles and checks it
+        except (TunelabError, ValueError, TypeError) as exc:
+            raise ApiError(400, f"{param}: the JSON schema cannot be used: {exc}"[:500], param=param) from None
+        return lambda: SchemaConstraint(self.tokenizer, size, grammar)
+
+    async def answer_with_tools(self, body: ChatBody, http: Request, prompt: list[int], max_tokens: int,
+                                functions: list[str]) -> Response:
+        """A reply that may (auto) or must (required, a named function) call a tool: free
+        text up to "<tool_call>" if the model opens one, then the call under its schema."""
+        if body.stream or body.n > 1:
+            raise ApiError(400, "tools work with stream: false and n: 1 in tunelab serve", param="tools")
+        maker = await self.constraint_maker(tool_calls.call_schema(body, functions), "tools")
+        original, outputs, content = prompt, [], None
+        if not tool_calls.must_call(body):
+            free = await self.wait_all(self.submit(body, [prompt], max_tokens, None, stop=(tool_calls.CALL_OPEN,)), http)
+            if free is None:
+                return Response(status_code=499)
+            outputs.append(free[0])
+            if tool_calls.CALL_OPEN not in self.tokenizer.decode(free[0].token_ids, skip_special_tokens=True):
+                return self.chat_response(body, original, outputs, free[0].text, None, finish_reason(free[0]))
+            content = free[0].text or None
+            prompt = prompt + free[0].token_ids
+        else:
+            prompt = prompt + self.tokenizer(tool_calls.CALL_OPEN, add_special_tokens=False)["input_ids"]
+        left = max_tokens - sum(len(o.token_ids) for o in outputs)
+        if left < 1:
+            return self.chat_response(body, original, outputs, content, None, "length")
+        call = await self.wait_all(self.submit(body, [prompt], left, None, maker), http)
+        if call is None:
+            return Response(status_code=499)
+        outputs.append(call[0])
+        text = self.tokenizer.decode(call[0].token_ids, skip_special_tokens=True)
+        try:
+            made = tool_calls.tool_call(text)
+        except (ValueError, KeyError):  # only when max_tokens cut the call short
+            return self.chat_response(body, original, outputs, content, None, "length")
+        return self.chat_response(body, original, outputs, content, [made], "tool_calls")
+
+    def chat_response(self, body: ChatBody, prompt: list[int], outputs: list[Any], content: str | None,
+                      calls: list[dict[str, Any]] | None, reason: str) -> JSONResponse:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        return JSONResponse({"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion",
+                             "created": int(time.time()), "model": body.model,
+                             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+                             "usage": usage([prompt], outputs), "system_fingerprint": None})
 
 
 @dataclass

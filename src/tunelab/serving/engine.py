@@ -41,6 +41,7 @@ class Request:
     prompt_ids: list[int]
     settings: GenerationSettings  # sampling settings; max_new_tokens is this request's own limit
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+    constraint: Any = None  # a tunelab.generation.constraint.Constraint (a JSON schema), or None
     cancelled: threading.Event = field(default_factory=threading.Event)
     result: Future = field(default_factory=Future)
 
@@ -259,9 +260,11 @@ class BatchingEngine:
                 self._send_text(request, deltas[row].push(token))
             return True
 
+        constraints = [r.constraint for r in batch]
         return generate_from_ids(model, self.tokenizer, [r.prompt_ids for r in batch], settings, progress=False,
                                  max_new_tokens=[r.settings.max_new_tokens for r in batch], on_token=on_token,
-                                 adapter_names=adapter_names)
+                                 adapter_names=adapter_names,
+                                 constraints=constraints if any(c is not None for c in constraints) else None)
 
 
 def finish_reason(output: Generation) -> str:

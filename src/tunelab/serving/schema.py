@@ -55,8 +55,11 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 # refused with a clear message otherwise.
 UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None,), "echo": (None, False), "best_of": (None, 1),
                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
-               "suffix": (None,), "tools": (None, []), "tool_choice": (None, "none"), "response_format": (None,),
-               "functions": (None,), "function_call": (None,), "parallel_tool_calls": (None,)}
+               "suffix": (None,), "functions": (None,), "function_call": (None,),
+               # chat completions take these (ChatBody); completions do not
+               "tools": (None, []), "tool_choice": (None, "none"), "response_format": (None,),
+               "parallel_tool_calls": (None,)}
+CHAT_ONLY = ("tools", "tool_choice", "response_format", "parallel_tool_calls")
 
 
 class Options(BaseModel):
@@ -105,18 +108,81 @@ class ContentPart(BaseModel):
     text: Text
 
 
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    description: Text | None = Field(default=None, max_length=4096)
+    parameters: dict[str, Any] | None = None  # a JSON schema; checked when it is compiled
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+
+
+class NamedChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Name
+    description: Text | None = Field(default=None, max_length=4096)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    arguments: Text
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Text = Field(max_length=128)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | Annotated[list[ContentPart], Field(max_length=256)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | Annotated[list[ContentPart], Field(max_length=256)] | None = None
     name: Text | None = Field(default=None, max_length=64)
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=64)
+    tool_call_id: Text | None = Field(default=None, max_length=128)
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatBody(Options):
     messages: list[Message] = Field(min_length=1, max_length=100_000)  # the server's --max-messages is checked after
+    tools: list[ToolDef] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
+    response_format: ResponseFormat | None = None
+    parallel_tool_calls: bool | None = None  # one call per reply either way
 
     def template_messages(self) -> list[dict[str, str]]:
         """The messages as chat templates take them (OpenAI's 'developer' is a system turn)."""
