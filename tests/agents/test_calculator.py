@@ -31,6 +31,8 @@ def test_exact_rationals():
     ("(10**1000)**1000", "more than 4000 digits"), ("1e400", "too large"), ("", "empty"), ("1 +", "not an arithmetic"),
     ("(-8) ** (1/3)", "negative number"), ("sqrt(-1)", "negative"), ("1 < 2", "Compare"), ("'a' * 3", "constant 'a'"),
     ("[1, 2]", "List"), ("lambda: 1", "Lambda"), ("1" * 600, "longer than 500"), ("sqrt(1, 2)", "wrong number"),
+    ("round(1, 10**9)", "at most 100"), ("sqrt(2*10**400)", "too large"), ("(10**400)**0.5", "too large"),
+    ("(" * 240 + "1" + ")" * 240, "not an arithmetic|nested"),
 ])
 def test_refusals_say_why(expression, message):
     with pytest.raises(CalculatorError, match=message):

@@ -46,6 +46,13 @@ def test_pal_runs_the_program():
     assert failed.stop_reason == "program error" and failed.answer is None
     assert run_pal("?", ScriptedBackend([""])).stop_reason == "no program"
     assert extract_program("x = 1\nprint(x)") == "x = 1\nprint(x)"
+    assert extract_program("```Python3\nprint(2)\n```") == "print(2)"
+
+
+def test_a_step_cut_by_the_token_limit_is_an_error(agent_model):
+    result = run_react("What is 2 + 2?", make_tools(["calculator"]), LocalBackend(agent_model), max_steps=3,
+                       max_tokens=5)
+    assert result.stop_reason == "length" and result.steps[-1].error == "length" and result.parse_failures == 0
 
 
 def test_a_random_model_always_writes_valid_steps(agent_model):

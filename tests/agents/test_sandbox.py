@@ -143,3 +143,62 @@ def test_without_namespaces_limits_still_apply():
                  isolate=False, cpu_seconds=1, wall_seconds=10)
     assert result.isolation.startswith("limits only") and result.stdout == "True\n"
     assert result.stopped == "cpu time"
+
+
+def test_dev_holds_only_the_harmless_devices():
+    result = run("import os\nprint(sorted(os.listdir('/dev')))\n"
+                 "open('/dev/null', 'w').write('x')\nprint(len(open('/dev/urandom', 'rb').read(8)))\n"
+                 "try:\n    open('/dev/shm/probe', 'w')\nexcept OSError as e:\n    print(type(e).__name__)")
+    assert result.ok, result.stderr
+    assert result.stdout.splitlines() == ["['full', 'null', 'random', 'urandom', 'zero']", "8", "FileNotFoundError"]
+
+
+def test_hidden_directories_are_read_only_and_tmp_is_small():
+    # /tmp holds twice the file size limit: three files just under the limit do not fit
+    result = run("import os\ntry:\n    open('/opt/x', 'w')\nexcept OSError as e:\n    print(e.errno)\n"
+                 "try:\n    for n in range(3):\n        open(f'/tmp/f{n}', 'wb').write(b'x' * (15 * 2**20))\n"
+                 "except OSError as e:\n    print(e.errno)", file_size_mb=16)
+    assert result.stdout.splitlines() == ["30", "28"], result.stderr  # EROFS, then ENOSPC
+
+
+def test_a_nul_byte_or_bad_limits_are_observations():
+    result = run("print('a')\x00")
+    assert result.stopped == "sandbox set-up" and "cannot start" in result.observation()
+
+
+def test_without_namespaces_it_refuses_unless_told(monkeypatch):
+    import tunelab.agents.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+    result = sandbox.run_python("print(1)", FAST)
+    assert result.stopped == "sandbox set-up" and result.stdout == "" and "not available" in result.observation()
+
+
+def test_process_limit_as_an_ordinary_user():
+    """As a non-root user (root is exempt from RLIMIT_NPROC): the sandbox runs, and its
+    process limit counts its own processes only, not the user's others."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tunelab.agents import sandbox
+
+    copy = Path(tempfile.mkdtemp(prefix="tunelab-nr-"))  # directly under /tmp: others can reach it
+    copy.chmod(0o755)
+    shutil.copy(sandbox.__file__, copy / "sandbox.py")  # stdlib only: importable without tunelab
+    (copy / "sandbox.py").chmod(0o644)
+    program = ("import os\nn = 0\ntry:\n    for i in range(64):\n        if os.fork() == 0:\n"
+               "            import time; time.sleep(2); os._exit(0)\n        n += 1\n"
+               "except OSError as e:\n    print('fork failed after', n, type(e).__name__)\n")
+    script = (f"import sys; sys.path.insert(0, {str(copy)!r}); import sandbox\n"
+              f"r = sandbox.run_python({program!r}, sandbox.SandboxLimits(processes=8, wall_seconds=10))\n"
+              "print(r.isolation); print(r.stdout, end='')")
+    if os.geteuid() == 0:  # the interpreter under /root is not readable by others: the system one
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script]
+    else:
+        command = [sys.executable, "-c", script]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd="/", timeout=60)
+    finally:
+        shutil.rmtree(copy)
+    assert done.stdout.splitlines() == ["namespaces", "fork failed after 7 BlockingIOError"], done.stderr

@@ -34,9 +34,9 @@ def test_training_traces_leave_tool_output_to_the_tool():
 @pytest.mark.parametrize("mode, replies, expected", [
     ("direct", ["#### 72", "#### 999"], [True, False]),
     ("cot", ["48/2 = 24, 48+24 = 72\n#### 72", "It is 1000 dollars.\n#### 1000"], [True, True]),
-    ("pal", ["```python\nprint(48 + 48 // 2)\n```", "```python\nprint(10 ** 3)\n```"], [True, True]),
+    ("pal", ["```python\nprint(48 + 48 // 2, 'clips')\n```", "```python\nprint('$1,000')\n```"], [True, True]),
     ("react", [json.dumps({"thought": "add", "tool": "calculator", "arguments": {"expression": "48+24"}}),
-               json.dumps({"thought": "done", "tool": "finish", "arguments": {"answer": "72"}}),
+               json.dumps({"thought": "done", "tool": "finish", "arguments": {"answer": "72 clips"}}),
                "garbage", "garbage"], [True, False]),
 ])
 def test_gsm8k_modes(mode, replies, expected):

@@ -12,6 +12,14 @@ from typing import Any, Protocol
 from tunelab.errors import TunelabError
 
 
+class TruncatedReply(TunelabError):
+    """A reply generated under a schema that the token limit cut before it was complete."""
+
+    def __init__(self, text: str, tokens: int):
+        super().__init__(f"the reply was cut off by the token limit after {tokens} tokens, before its JSON closed")
+        self.text = text
+
+
 class Backend(Protocol):
     def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                  stop: Sequence[str] = (), max_tokens: int = 256) -> str:
@@ -50,7 +58,10 @@ class LocalBackend:
         result = generate_from_ids(model, tokenizer, [ids], settings, progress=False,
                                    constraints=[constraint] if constraint else None)[0]
         if constraint is not None:
-            return tokenizer.decode(result.token_ids, skip_special_tokens=True)
+            text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+            if not constraint.accepting:
+                raise TruncatedReply(text, len(result.token_ids))
+            return text
         return result.text
 
 

@@ -47,8 +47,14 @@ def _sqrt(x: Fraction) -> Fraction:
 
 FUNCTIONS: dict[str, Callable[..., Fraction]] = {
     "abs": abs, "min": min, "max": max, "sqrt": _sqrt,
-    "round": lambda x, digits=Fraction(0): Fraction(round(x, int(digits))),
+    "round": lambda x, digits=Fraction(0): _round(x, digits),
 }
+
+
+def _round(x: Fraction, digits: Fraction) -> Fraction:
+    if digits.denominator != 1 or abs(digits) > 100:  # round(1, 10**9) would compute 10**(10**9)
+        raise CalculatorError("round() takes a whole number of digits, at most 100")
+    return Fraction(round(x, int(digits)))
 
 
 def normalize(expression: str) -> str:
@@ -72,7 +78,14 @@ def evaluate(expression: str) -> Fraction:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
         raise CalculatorError(f"not an arithmetic expression: {expression!r} ({error.msg})") from None
-    return _value(tree.body)
+    except (ValueError, RecursionError, MemoryError):  # a NUL byte; nesting too deep for the parser
+        raise CalculatorError("not an arithmetic expression") from None
+    try:
+        return _value(tree.body)
+    except OverflowError:  # a float step (sqrt, a fractional power) out of range
+        raise CalculatorError("a number too large") from None
+    except RecursionError:
+        raise CalculatorError("an expression nested too deeply") from None
 
 
 def _value(node: ast.AST) -> Fraction:

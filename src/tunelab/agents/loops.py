@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunelab.agents.backends import Backend
+from tunelab.agents.backends import Backend, TruncatedReply
 from tunelab.agents.sandbox import SandboxLimits, run_python
 from tunelab.agents.tools import FINISH, Tool, call_tool, check_arguments
 from tunelab.errors import TunelabError
 
-THOUGHT_LENGTH = 400  # characters: a thought is bounded, so a constrained step always closes
+THOUGHT_LENGTH = 200  # characters: a thought is bounded, so a constrained step always closes
 
 
 @dataclass
@@ -29,14 +29,14 @@ class Step:
     tool: str | None = None
     arguments: dict[str, Any] | None = None
     observation: str = ""
-    error: str | None = None  # "parse", "arguments", "tool", "unknown tool"
+    error: str | None = None  # "parse", "length", "arguments", "tool", "unknown tool"
 
 
 @dataclass
 class AgentResult:
     question: str
     answer: str | None
-    stop_reason: str  # "finish", "step limit", "no program", "program error"
+    stop_reason: str  # "finish", "step limit", "length", "no program", "program error"
     steps: list[Step] = field(default_factory=list)
 
     @property
@@ -80,7 +80,12 @@ def run_react(question: str, tools: dict[str, Tool], backend: Backend, *, max_st
     messages = [{"role": "system", "content": react_instructions(listed)}, {"role": "user", "content": question}]
     result = AgentResult(question, None, "step limit")
     for _ in range(max_steps):
-        raw = backend.complete(messages, schema=schema, max_tokens=max_tokens)
+        try:
+            raw = backend.complete(messages, schema=schema, max_tokens=max_tokens)
+        except TruncatedReply as cut:  # a constrained step the token limit cut: recorded, and the run ends
+            result.steps.append(Step(cut.text, error="length", observation=str(cut)))
+            result.stop_reason = "length"
+            break
         step = parse_step(raw, tools)
         if step.error is None:
             observation = call_tool(tools, step.tool, step.arguments or {})
@@ -102,7 +107,7 @@ def parse_step(raw: str, tools: dict[str, Tool]) -> Step:
         value = json.loads(raw)
         if not isinstance(value, dict) or not isinstance(value.get("tool"), str):
             raise ValueError('expected {"thought": ..., "tool": ..., "arguments": {...}}')
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         step.error, step.observation = "parse", f"error: the reply is not a step: {error}"
         return step
     step.thought, step.tool, step.arguments = str(value.get("thought", "")), value["tool"], value.get("arguments", {})
@@ -147,6 +152,6 @@ def run_pal(question: str, backend: Backend, *, limits: SandboxLimits | None = N
 
 def extract_program(reply: str) -> str:
     """The code of the first fenced block (```python or ```), else the whole reply."""
-    match = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", reply, re.DOTALL)
+    match = re.search(r"```[A-Za-z0-9_+-]*[ \t]*\n(.*?)(?:```|$)", reply, re.DOTALL)  # ```python, ```Python3, ```
     return (match.group(1) if match else reply).strip("\n")
 

@@ -1,24 +1,28 @@
-"""The ``python`` tool's sandbox: model-written code runs in a separate process with
-limits, and where Linux allows it, in namespaces of its own.
+"""The ``python`` tool's sandbox: model-written code runs in a separate process, with
+limits, in namespaces of its own.
 
-Always (every OS with ``resource``, i.e. Linux and macOS):
-- CPU seconds, address space, open files, file size and process count (rlimits);
-- a wall-clock limit and an output limit, enforced by the parent, which kills the whole
-  process group;
-- an empty environment (no API keys, no tokens) and an isolated interpreter (``-I``);
-- a fresh, empty working directory.
+Limits (rlimits, and the parent's watch): CPU seconds, address space, open files, file
+size, processes (counted in the sandbox's own user namespace), wall-clock time and output
+size; the parent kills the whole process group. An empty environment (no API keys, no
+tokens), an isolated interpreter (``-I``), a fresh empty working directory.
 
-Where unprivileged user namespaces work (most Linux; ``unshare`` from util-linux):
+Namespaces (unprivileged user namespaces, ``unshare`` from util-linux):
 - no network: a network namespace of its own with no interface up;
-- no other processes: a PID namespace and its own ``/proc``;
+- no other processes: a PID namespace and its own ``/proc``; everything the program
+  starts dies with it;
 - no user files: every top-level directory except the system's (``/usr``, ``/lib*``,
-  ``/bin``, ``/etc``, ...) is an empty tmpfs (``/home``, ``/root``, ``/tmp``, ``/run``,
-  ``/var``, ``/opt``, the project's), ``/etc/passwd``, ``shadow`` and ``group`` read
-  empty; the mounts are then locked by entering a nested user namespace, so the
-  program cannot unmount them.
+  ``/bin``, ``/sbin``, ``/etc``, ``/proc``, ``/sys``) is an empty, read-only tmpfs
+  (``/home``, ``/root``, ``/run``, ``/var``, ``/opt``, the project's), ``/tmp`` a small
+  writable one, ``/dev`` holds only null, zero, full, random and urandom (no shared
+  memory, no terminals), ``/etc/passwd``, ``shadow`` and ``group`` read empty; the
+  interpreter's own directory is bound back read-only; the mounts are then locked by
+  entering a nested user namespace, so the program cannot unmount them.
 
-It is not a VM: the program shares the kernel and can read what the system directories
-hold; kernel exploits are out of scope. ``isolation`` in every result says what applied.
+Where the OS has no user namespaces (macOS; Ubuntu 24.04's AppArmor restriction) it
+refuses to run, unless ``isolate`` is off: then only the limits apply (and a process that
+leaves the group can outlive the run). It is not a VM: the program shares the kernel and
+can read what the system directories hold; kernel exploits are out of scope.
+``isolation`` in every result says what applied.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-KEEP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys")
+KEEP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "proc", "sys")
+DEVICES = ("null", "zero", "random", "urandom", "full")
 MASK = ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow")
 UNSHARE = ("--user", "--map-root-user", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc")
 SANDBOX_ERROR = 70  # the bootstrap's exit code when it cannot set the sandbox up: fail closed
@@ -43,29 +48,41 @@ SANDBOX_ERROR = 70  # the bootstrap's exit code when it cannot set the sandbox u
 # Runs first inside the namespaces: hide, mask, lock (a nested user namespace makes the
 # mounts above unremovable), then run the program as __main__ in the fresh /tmp.
 BOOTSTRAP = r"""
-import ctypes, json, os, signal, sys
+import ctypes, json, os, resource, signal, sys
 config, code = json.loads(sys.argv[1]), sys.argv[2]
 libc = ctypes.CDLL(None, use_errno=True)
 def fail(what):
     sys.stderr.write("sandbox: cannot " + what + ": " + os.strerror(ctypes.get_errno()) + "\n")
     sys.exit(70)
 def mount(source, target, fstype, flags, data, what):
-    if libc.mount(source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()):
+    if libc.mount(source and source.encode(), target.encode(), fstype and fstype.encode(), flags,
+                  data and data.encode()):
         fail(what + " " + target)
-kept = {path: os.open(path, os.O_PATH) for path in config["keep"]}  # reachable after their parents are hidden
+NOSUID, NODEV, RDONLY, REMOUNT, BIND, REC = 2, 4, 1, 32, 4096, 16384
+# reachable by descriptor after the directories holding them are hidden
+kept = {path: os.open(path, os.O_PATH) for path in config["keep"]}
+devices = {name: os.open("/dev/" + name, os.O_PATH) for name in config["devices"] if os.path.exists("/dev/" + name)}
 for path in config["hide"]:
-    mount("tmpfs", path, "tmpfs", 2 | 4, config["tmpfs"], "hide")  # MS_NOSUID | MS_NODEV
+    scratch = path == "/tmp"
+    mount("tmpfs", path, "tmpfs", NOSUID | NODEV, config["tmp"] if scratch else "size=64k,mode=755", "hide")
+for name, fd in devices.items():  # a /dev of null, zero, random, urandom only: no shm, pts or mqueue
+    open("/dev/" + name, "w").close()
+    mount("/proc/self/fd/%d" % fd, "/dev/" + name, None, BIND, None, "keep")
 for path, fd in kept.items():
     if any(path.startswith(hidden + "/") for hidden in config["hide"]):
         os.makedirs(path, exist_ok=True)
-        mount("/proc/self/fd/%d" % fd, path, None, 4096 | 16384, None, "keep")  # MS_BIND | MS_REC
-        mount("none", path, None, 4096 | 32 | 1 | 2 | 4, None, "make read-only")  # MS_REMOUNT | MS_RDONLY ...
-    os.close(fd)
+        mount("/proc/self/fd/%d" % fd, path, None, BIND | REC, None, "keep")
+        mount(None, path, None, REMOUNT | BIND | RDONLY | NOSUID | NODEV, None, "make read-only")
 for path in config["mask"]:
     if os.path.exists(path):
-        mount("/dev/null", path, None, 4096, None, "mask")
+        mount("/dev/null", path, None, BIND, None, "mask")
+for path in config["hide"]:  # empty and read-only, but the scratch /tmp
+    if path != "/tmp":
+        mount(None, path, None, REMOUNT | RDONLY | NOSUID | NODEV, None, "make read-only")
 if libc.unshare(0x10000000 | 0x00020000):  # CLONE_NEWUSER | CLONE_NEWNS: the mounts above are now locked
     fail("lock the mounts")
+# counted in this user namespace only (Linux >= 5.14), not against the user's other processes
+resource.setrlimit(resource.RLIMIT_NPROC, (config["processes"], config["processes"]))
 def out_of_cpu(*_):
     sys.stderr.write("\nsandbox: cpu time limit\n")
     os._exit(152)
@@ -74,7 +91,7 @@ os.chdir("/tmp")
 sys.argv[:] = ["<program>"]
 sys.path[:] = [p for p in sys.path if p and os.path.isdir(p)]
 program = compile(code, "<program>", "exec")
-del config, code, libc, fail, mount, kept
+del config, code, libc, fail, mount, kept, devices
 exec(program, {"__name__": "__main__"})
 """
 
@@ -89,9 +106,11 @@ class SandboxLimits:
     output_bytes: int = field(default=16_384, metadata={"help": "stdout and stderr kept, each; more stops it."})
     open_files: int = field(default=64, metadata={"help": "Open file descriptors (RLIMIT_NOFILE)."})
     file_size_mb: int = field(default=16, metadata={"help": "Largest file it may write (RLIMIT_FSIZE)."})
-    processes: int = field(default=16, metadata={"help": "Processes and threads (RLIMIT_NPROC, in its namespace)."})
+    processes: int = field(default=16, metadata={
+        "help": "Processes and threads (RLIMIT_NPROC, counted in its own user namespace)."})
     isolate: bool = field(default=True, metadata={
-        "help": "Use namespaces (no network, no user files, no other processes) where the OS allows."})
+        "help": "Run in namespaces (no network, no user files, no other processes); where the OS has none, refuse "
+        "to run. --no-isolate runs with the limits only."})
 
 
 @dataclass
@@ -110,7 +129,9 @@ class SandboxResult:
     def observation(self) -> str:
         """What the agent sees: what the program printed, and why it failed if it did."""
         parts = [self.stdout.rstrip("\n")] if self.stdout.strip() else []
-        if self.stopped:
+        if self.stopped == "sandbox set-up":
+            parts.append(_last_lines(self.stderr, 2))
+        elif self.stopped:
             parts.append(f"[stopped: {self.stopped} limit]")
         elif self.exit_code:
             parts.append(_last_lines(self.stderr, 8) or f"[exit code {self.exit_code}]")
@@ -147,21 +168,29 @@ def interpreter_directories() -> list[str]:
 
 
 def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run ``code`` as a program; what it printed and how it ended."""
+    """Run ``code`` as a program; what it printed and how it ended. With ``isolate`` (the
+    default) and no namespaces on this OS it refuses, rather than run unisolated."""
     limits = limits or SandboxLimits()
-    isolated = limits.isolate and namespaces_available()
+    if limits.isolate and not namespaces_available():
+        return SandboxResult("", "sandbox: user namespaces are not available here, so the program was not run "
+                             "(isolate: false runs it with the limits only)", None, "sandbox set-up", 0.0, "none")
     with tempfile.TemporaryDirectory(prefix="tunelab-sandbox-") as workdir:
-        if isolated:
+        if limits.isolate:
             config = {"hide": hidden_directories(), "keep": interpreter_directories(), "mask": list(MASK),
-                      "tmpfs": f"size={max(limits.file_size_mb * 4, 16)}m,mode=1777"}
-            command = ["unshare", *UNSHARE, sys.executable, "-I", "-u", "-X", "utf8", "-c", BOOTSTRAP, json.dumps(config), code]
+                      "devices": list(DEVICES), "processes": limits.processes,
+                      "tmp": f"size={max(limits.file_size_mb * 2, 8)}m,mode=1777"}
+            command = [shutil.which("unshare") or "unshare", *UNSHARE, sys.executable, "-I", "-u", "-X", "utf8", "-c",
+                       BOOTSTRAP, json.dumps(config), code]
         else:
             command = [sys.executable, "-I", "-u", "-X", "utf8", "-c", code]
-        result = _supervise(command, limits, workdir)
-    if isolated and result.exit_code == SANDBOX_ERROR and result.stderr.startswith("sandbox: "):
+        try:
+            result = _supervise(command, limits, workdir)
+        except (OSError, ValueError, subprocess.SubprocessError) as error:  # e.g. a NUL byte in the code
+            return SandboxResult("", f"sandbox: cannot start the program: {error}", None, "sandbox set-up", 0.0,
+                                 "none")
+    if limits.isolate and result.exit_code == SANDBOX_ERROR and result.stderr.startswith("sandbox: "):
         result.stopped = "sandbox set-up"
-    result.isolation = "namespaces" if isolated else (
-        "limits only (namespaces are not available here)" if limits.isolate else "limits only (isolate off)")
+    result.isolation = "namespaces" if limits.isolate else "limits only (isolate off)"
     return result
 
 
@@ -218,7 +247,6 @@ def _set_limits(limits: SandboxLimits) -> None:
     cap(resource.RLIMIT_AS, limits.memory_mb * 2**20)
     cap(resource.RLIMIT_NOFILE, limits.open_files)
     cap(resource.RLIMIT_FSIZE, limits.file_size_mb * 2**20)
-    cap(resource.RLIMIT_NPROC, limits.processes)
     cap(resource.RLIMIT_CORE, 0)
 
 

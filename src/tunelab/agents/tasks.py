@@ -89,11 +89,12 @@ INSTRUCTIONS = {"direct": "Answer the math problem with its final number only, a
 
 def solve(question: str, mode: str, backend: Backend, settings: AgentEvalSettings, shots: list[dict[str, Any]],
           loaded: Any = None, limits: SandboxLimits | None = None) -> AgentResult:
-    if mode == "pal":
-        return run_pal(question, backend, limits=limits, max_tokens=settings.max_tokens)
-    if mode == "react":
-        return run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
-                         max_tokens=settings.max_tokens)
+    if mode in ("pal", "react"):
+        result = run_pal(question, backend, limits=limits, max_tokens=settings.max_tokens) if mode == "pal" else \
+            run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
+                      max_tokens=settings.max_tokens)
+        result.answer = last_number(result.answer)  # "72 clips", "$72" and "1,000" read as every mode reads them
+        return result
     messages = [{"role": "system", "content": INSTRUCTIONS[mode]}, *few_shot(shots, mode),
                 {"role": "user", "content": question}]
     if mode == "calculator":
@@ -158,7 +159,7 @@ def outcome(result: AgentResult, correct: bool) -> str:
     """Why a run ended as it did: right, or the first kind of failure."""
     if correct:
         return "right"
-    for kind in ("parse", "tool", "arguments", "unknown tool"):
+    for kind in ("parse", "length", "tool", "arguments", "unknown tool"):
         if any(s.error == kind for s in result.steps):
             return {"tool": "tool error"}.get(kind, kind)
     if result.stop_reason == "step limit":
@@ -183,17 +184,27 @@ def run_gsm8k(rows: list[dict[str, Any]], settings: AgentEvalSettings, backend: 
 
 # --- BoolQ with retrieval ---------------------------------------------------------------------
 
+def file_passages(path: str) -> list[Any]:
+    """Every distinct passage of a BoolQ-shaped file (all of it, whatever --limit says)."""
+    from tunelab.agents.search import Passage
+    from tunelab.data.loading import iter_records
+
+    seen: dict[str, Any] = {}
+    for where, row in iter_records(Path(path)):
+        seen.setdefault(row["passage"], Passage(where, row["passage"]))
+    return list(seen.values())
+
+
 def run_boolq_rag(rows: list[dict[str, Any]], settings: AgentEvalSettings, loaded: Any,
                   progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import numpy as np
 
-    from tunelab.agents.search import Passage, SearchIndex, boolq_passages
+    from tunelab.agents.search import SearchIndex, boolq_passages
     from tunelab.evaluation.choice_metrics import bootstrap_interval
     from tunelab.evaluation.loglik import score_items
     from tunelab.evaluation.scenarios import choice_item
 
-    corpus = boolq_passages() if not settings.data else \
-        list({row["passage"]: Passage(f"row:{n}", row["passage"]) for n, row in enumerate(rows)}.values())
+    corpus = boolq_passages() if not settings.data else file_passages(settings.data)
     index = SearchIndex(corpus) if settings.mode == "bm25" else None
     items, traces = [], []
     for n, row in enumerate(rows):
