@@ -97,7 +97,7 @@ def agent_llama_dir(tmp_path_factory) -> Path:
     """A tiny Llama whose tokenizer holds every byte, so that JSON and code can be written
     (the shared tiny tokenizer only knows the bytes of the test dialogues)."""
     return make_tiny_llama(train_tokenizer(all_bytes=True, vocab_size=400), tmp_path_factory.mktemp("agent-llama"),
-                           context=2048)  # room for tool descriptions
+                           context=8192)  # room for tool descriptions and agent frameworks' prompts
 
 
 @pytest.fixture(scope="session")

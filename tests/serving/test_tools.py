@@ -41,23 +41,39 @@ def live(agent_llama_dir):
     server.close()
 
 
-@pytest.fixture
-def eager_caller(agent_llama_dir):
-    """The tiny model, made to open a tool call first: '<tool_call>' becomes one token that
-    a bias on the output layer always prefers (the call itself is then constrained, and the
-    grammar never allows that token)."""
+def biased(agent_llama_dir, bias: dict[str, float], new_tokens: tuple[str, ...] = ()):
+    """The tiny model with a bias on the output layer for some tokens (a test's way to make
+    a random model open a call, or close its strings)."""
     loaded = load_model(str(agent_llama_dir), device="cpu")
     tokenizer, model = loaded.tokenizer, loaded.model
     tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.add_tokens(["<tool_call>"])
-    model.resize_token_embeddings(len(tokenizer))
+    if new_tokens:
+        tokenizer.add_tokens(list(new_tokens))
+        model.resize_token_embeddings(len(tokenizer))
     head = torch.nn.Linear(model.lm_head.in_features, len(tokenizer), bias=True)
     with torch.no_grad():
         head.weight.copy_(model.lm_head.weight)
         head.bias.zero_()
-        head.bias[tokenizer.convert_tokens_to_ids("<tool_call>")] = 1e4
+        for text, value in bias.items():
+            head.bias[tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))[0]] = value
     model.lm_head = head
-    server = serve(loaded)
+    return loaded
+
+
+@pytest.fixture
+def eager_caller(agent_llama_dir):
+    """Opens a tool call first: '<tool_call>' is one token that the bias always prefers
+    (the call itself is then constrained, and the grammar never allows that token)."""
+    server = serve(biased(agent_llama_dir, {"<tool_call>": 1e4}, new_tokens=("<tool_call>",)))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def string_closer(agent_llama_dir):
+    """Closes every JSON string at once: a random model's strings otherwise run for
+    hundreds of tokens where a schema sets no maxLength (as smolagents' do)."""
+    server = serve(biased(agent_llama_dir, {'"': 1e4}))
     yield server
     server.close()
 
@@ -143,3 +159,40 @@ def test_bad_tools_are_refused(live):
         assert message in answer.json()["error"]["message"], answer.text
     completions = httpx.post(live.url + "/v1/completions", json={"model": "base", "prompt": "hi", "tools": [WEATHER]})
     assert completions.status_code == 400 and "'tools' is not supported" in completions.json()["error"]["message"]
+
+
+def test_smolagents_tool_calling_agent(string_closer):
+    """smolagents' ToolCallingAgent with its OpenAI-compatible model class, unchanged: every
+    reply to a request with tools is a tool call that smolagents parses."""
+    from smolagents import OpenAIServerModel, ToolCallingAgent, tool
+    from smolagents.memory import ActionStep
+    from smolagents.utils import AgentParsingError
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city.
+
+        Args:
+            city: the city's name
+        """
+        return f"sunny in {city}"
+
+    exchanges = []
+
+    def record(response):
+        response.read()
+        exchanges.append((json.loads(response.request.content), response.json()))
+
+    client = httpx.Client(event_hooks={"response": [record]})
+    model = OpenAIServerModel(model_id="base", api_base=string_closer.url + "/v1", api_key="unused", max_tokens=120,
+                              temperature=0, client_kwargs={"http_client": client})
+    agent = ToolCallingAgent(tools=[get_weather], model=model, max_steps=2, verbosity_level=0)
+    agent.run("What is the weather in Paris?")
+    with_tools = [(sent, got) for sent, got in exchanges if sent.get("tools")]
+    assert with_tools and all(sent["tool_choice"] == "required" for sent, _ in with_tools)
+    for _, got in with_tools:
+        calls = got["choices"][0]["message"]["tool_calls"]
+        assert calls and calls[0]["function"]["name"] in ("get_weather", "final_answer")
+        json.loads(calls[0]["function"]["arguments"])
+    steps = [s for s in agent.memory.steps if isinstance(s, ActionStep)]
+    assert not any(isinstance(s.error, AgentParsingError) for s in steps), [s.error for s in steps]
