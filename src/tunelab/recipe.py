@@ -58,6 +58,7 @@ class TrainConfig:
     instruction: str | None = field(default=None, metadata={"help": "Task instruction (default: the course's summarization prompt)."})
     output_label: str | None = field(default=None, metadata={"help": "Cue before the answer in plain prompts (default 'Summary:', or 'Answer:' with an instruction); '' with instruction '' and chat_template off: the input is a text to continue."})
     chat_template: str = field(default="auto", metadata={"help": "auto, on or off: wrap prompts in the model's chat template."})
+    tool_calls: str = field(default="keep", metadata={"help": "Calculator calls in the targets (GSM8K's '<<48/2=24>>'): keep (trained on as text), tool (the model writes each call up to its '=', the calculator's result is left out of the loss, as `tunelab agent eval --mode calculator` runs it) or strip (calls removed: the same data without the tool)."})
     max_length: int = field(default=512, metadata={"help": "Longest training sequence in tokens; longer prompts are cut from the left."})
     # optimisation
     epochs: float = field(default=1.0, metadata={"help": "Passes over the training data (fractions allowed)."})
@@ -181,6 +182,7 @@ def validate(config: TrainConfig) -> None:
         (config.epochs > 0 or config.max_steps > 0, "set epochs > 0 or max_steps > 0"),
         (config.scheduler in ("linear", "cosine", "constant"), "scheduler must be linear, cosine or constant"),
         (config.chat_template in ("auto", "on", "off"), "chat_template must be auto, on or off"),
+        (config.tool_calls in ("keep", "tool", "strip"), "tool_calls must be keep, tool or strip"),
         (config.max_length >= 8, "max_length must be >= 8"),
         (0 <= config.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
         (config.dpo.loss_type in ("sigmoid", "ipo"), "dpo.loss_type must be sigmoid or ipo"),

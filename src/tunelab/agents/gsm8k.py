@@ -63,6 +63,12 @@ def trace_segments(solution: str) -> list[tuple[str, bool]]:
     return [(text, by_model) for text, by_model in segments if text]
 
 
+def tool_output_spans(solution: str) -> list[tuple[int, int]]:
+    """Character spans of what the calculator writes in a solution (each result and its
+    closing '>>'): excluded from the loss when training tool use."""
+    return [(match.start(2), match.end()) for match in CALL.finditer(solution)]
+
+
 def calculator_result(expression: str) -> str:
     """What the calculator writes for a call the model opened: the value, or '?' for an
     expression it cannot compute (the model then goes on without it)."""
@@ -72,13 +78,21 @@ def calculator_result(expression: str) -> str:
         return "?"
 
 
-def few_shot(rows: Sequence[dict[str, Any]], style: str) -> list[dict[str, str]]:
+def few_shot(rows: Sequence[dict[str, Any]], style: str, instruction: str = "") -> list[dict[str, str]]:
     """Solved examples as chat turns: 'direct' (the number), 'cot' (the solution without
-    calculator calls), 'calculator' (the solution with them)."""
+    calculator calls), 'calculator' (the solution with them); each user turn starts with
+    ``instruction``, as a fine-tuning recipe's prompts do."""
     turns = []
     for row in rows:
         answer = gold_answer(row["answer"])
         reply = {"direct": f"#### {answer}", "cot": without_calls(row["answer"]),
                  "calculator": row["answer"]}[style]
-        turns += [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": reply}]
+        turns += [{"role": "user", "content": user_turn(instruction, row["question"])},
+                  {"role": "assistant", "content": reply}]
     return turns
+
+
+def user_turn(instruction: str, question: str) -> str:
+    """The user's text: the instruction, a blank line, the problem (PromptTemplate's shape,
+    so a recipe trained with this instruction is prompted at evaluation as in training)."""
+    return f"{instruction}\n\n{question}" if instruction else question

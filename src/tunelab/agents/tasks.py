@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.agents.backends import Backend, render_chat
-from tunelab.agents.gsm8k import calculator_result, few_shot, gold_answer, last_number, same_number
+from tunelab.agents.gsm8k import calculator_result, few_shot, gold_answer, last_number, same_number, user_turn
 from tunelab.agents.loops import AgentResult, Step, run_pal, run_react
 from tunelab.agents.sandbox import SandboxLimits
 from tunelab.agents.tools import make_tools
@@ -81,6 +81,8 @@ def load_rows(settings: AgentEvalSettings) -> list[dict[str, Any]]:
 
 # --- GSM8K ------------------------------------------------------------------------------------
 
+# The recipes gsm8k-calculator.yaml and gsm8k-no-tool.yaml train with these instructions
+# (tested), so --shots 0 prompts a fine-tune exactly as it was trained.
 INSTRUCTIONS = {"direct": "Answer the math problem with its final number only, as '#### <number>'.",
                 "cot": "Solve the math problem step by step, then give the final number as '#### <number>'.",
                 "calculator": "Solve the math problem step by step. Write each calculation as <<expression=, "
@@ -95,8 +97,7 @@ def solve(question: str, mode: str, backend: Backend, settings: AgentEvalSetting
                       max_tokens=settings.max_tokens)
         result.answer = last_number(result.answer)  # "72 clips", "$72" and "1,000" read as every mode reads them
         return result
-    messages = [{"role": "system", "content": INSTRUCTIONS[mode]}, *few_shot(shots, mode),
-                {"role": "user", "content": question}]
+    messages = [*few_shot(shots, mode, INSTRUCTIONS[mode]), {"role": "user", "content": user_turn(INSTRUCTIONS[mode], question)}]
     if mode == "calculator":
         if loaded is None:
             raise TunelabError("mode 'calculator' runs the tool inside generation: it needs a local model")

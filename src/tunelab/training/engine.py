@@ -158,6 +158,7 @@ class Trainer:
         rows, truncated = tokenize_examples(
             examples, self.builder, self.tokenizer,
             is_encoder_decoder=self.loaded.is_encoder_decoder, max_length=self.config.max_length,
+            tool_calls=self.config.tool_calls,
         )
         if truncated:
             print(f"tunelab train: {truncated} of {len(rows)} inputs from {data} shortened (their end) to fit max_length={self.config.max_length}", file=sys.stderr)
@@ -182,7 +183,8 @@ class Trainer:
 
     def _batch(self, indices: list[int], rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        batch = collate([rows[i] for i in indices], pad, self.loaded.is_encoder_decoder, left_pad=self.completion_logits_only)
+        batch = collate([rows[i] for i in indices], pad, self.loaded.is_encoder_decoder, left_pad=self.completion_logits_only,
+                        decoder_start=getattr(self.model.config, "decoder_start_token_id", None))
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
