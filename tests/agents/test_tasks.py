@@ -124,3 +124,12 @@ def test_cli_run_prints_the_trace(tmp_path, agent_llama_dir, capsys):
     assert code in (0, 1) and "Action 1: " in out and "Answer: " in out  # a random model, but a valid step
     trace = json.loads((tmp_path / "trace.json").read_text())
     assert trace["parse_failures"] == 0 and len(trace["steps"]) == 1
+
+
+def test_batched_replies_equal_one_at_a_time(agent_llama_dir):
+    from tunelab.agents.backends import LocalBackend
+    from tunelab.models import load_model
+
+    backend = LocalBackend(load_model(str(agent_llama_dir), device="cpu"), batch_size=3)
+    conversations = [[{"role": "user", "content": q}] for q in ("What is 2+2?", "Hello there", "Where is the bank? " * 3)]
+    assert backend.complete_batch(conversations, max_tokens=6) == [backend.complete(c, max_tokens=6) for c in conversations]

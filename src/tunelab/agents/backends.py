@@ -35,12 +35,35 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, bo
     return "\n\n".join([*lines, "Assistant:"]), False
 
 
+def complete_many(backend: Any, conversations: list[list[dict[str, str]]], max_tokens: int) -> list[str]:
+    """Free replies to many conversations: batched where the backend can (a local model),
+    one by one otherwise."""
+    if hasattr(backend, "complete_batch"):
+        return backend.complete_batch(conversations, max_tokens)
+    return [backend.complete(messages, max_tokens=max_tokens) for messages in conversations]
+
+
 @dataclass
 class LocalBackend:
     """A loaded model (``tunelab.models.load_for_inference``), greedy unless told."""
 
     loaded: Any
     settings: Any = None  # GenerationSettings; max_new_tokens and stop are set per call
+    batch_size: int = 8
+
+    def complete_batch(self, conversations: list[list[dict[str, str]]], max_tokens: int) -> list[str]:
+        """Free replies, length-sorted batches through tunelab's batched generation."""
+        from dataclasses import replace
+
+        from tunelab.generation import GenerationSettings, generate_from_ids
+
+        tokenizer = self.loaded.tokenizer
+        prompts = []
+        for messages in conversations:
+            text, has_special = render_chat(tokenizer, messages)
+            prompts.append(tokenizer(text, add_special_tokens=not has_special)["input_ids"])
+        settings = replace(self.settings or GenerationSettings(), max_new_tokens=max_tokens, batch_size=self.batch_size)
+        return [g.text for g in generate_from_ids(self.loaded.model, tokenizer, prompts, settings, progress=False)]
 
     def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                  stop: Sequence[str] = (), max_tokens: int = 256) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.agents.backends import Backend, render_chat
+from tunelab.agents.backends import Backend, complete_many, render_chat
 from tunelab.agents.gsm8k import calculator_result, few_shot, gold_answer, last_number, same_number, user_turn
 from tunelab.agents.loops import AgentResult, Step, run_pal, run_react
 from tunelab.agents.sandbox import SandboxLimits
@@ -110,6 +110,18 @@ def solve(question: str, mode: str, backend: Backend, settings: AgentEvalSetting
     return AgentResult(question, answer, "finish" if answer is not None else "no answer", [step])
 
 
+def solve_batch(questions: list[str], mode: str, backend: Backend, settings: AgentEvalSettings,
+                shots: list[dict[str, Any]]) -> list[AgentResult]:
+    """The direct and cot modes for many problems at once."""
+    conversations = [[*few_shot(shots, mode, INSTRUCTIONS[mode]), {"role": "user", "content": user_turn(INSTRUCTIONS[mode], q)}]
+                     for q in questions]
+    results = []
+    for question, text in zip(questions, complete_many(backend, conversations, settings.max_tokens)):
+        answer = last_number(text)
+        results.append(AgentResult(question, answer, "finish" if answer is not None else "no answer", [Step(text)]))
+    return results
+
+
 def write_with_calculator(loaded: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, int]:
     """Generate a solution; whenever the model opens a call ('<<' ... '='), the calculator
     writes the result and '>>', and the model goes on. Returns the text and the calls made."""
@@ -173,11 +185,16 @@ def run_gsm8k(rows: list[dict[str, Any]], settings: AgentEvalSettings, backend: 
     from tunelab.data.loading import builtin_path, iter_records
 
     shots = [row for _, row in zip(range(settings.shots), (r for _, r in iter_records(builtin_path("gsm8k", "train"))))]
-    results = []
-    for row in rows:
-        results.append(solve(row["question"], settings.mode, backend, settings, shots, loaded))
+    if settings.mode in ("direct", "cot"):  # one free reply each: batched where the backend can
+        results = solve_batch([row["question"] for row in rows], settings.mode, backend, settings, shots)
         if progress:
-            progress(1)
+            progress(len(rows))
+    else:
+        results = []
+        for row in rows:
+            results.append(solve(row["question"], settings.mode, backend, settings, shots, loaded))
+            if progress:
+                progress(1)
     traces = [{**r.to_json(), "gold": gold_answer(row["answer"]), "correct": same_number(r.answer, gold_answer(row["answer"]))}
               for row, r in zip(rows, results)]
     return score_gsm8k(rows, results, settings.mode, settings.bootstrap, settings.seed), traces
