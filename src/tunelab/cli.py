@@ -133,7 +133,7 @@ def _evaluate_parser(sub) -> None:
         f"adding a model scores only that one. Scenarios: {', '.join(SCENARIOS)}.",
     )
     p.add_argument("--models", default="base", help="comma-separated: 'base', model folders or names, adapter folders "
-                   "(applied to --base) (default: base)")
+                   "(applied to --base); 'label=model' names one in the report (default: base)")
     p.add_argument("--base", default="smollm2-135m-instruct", help="the base model, and what adapters apply to")
     p.add_argument("--suite", choices=list(SUITES), default="holistic",
                    help="holistic: every scenario; lm-eval: the tasks lm-evaluation-harness has (default: holistic)")

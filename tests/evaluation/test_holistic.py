@@ -103,6 +103,9 @@ def test_model_specs_and_settings_errors(tmp_path):
     specs = model_specs(["base", str(adapter), "some/model"], "smollm2-135m-instruct")
     assert [(s.model, s.adapter) for s in specs] == [("smollm2-135m-instruct", None),
                                                      ("smollm2-135m-instruct", str(adapter)), ("some/model", None)]
+    labelled = model_specs(["tuned=" + str(adapter), "plain=base"], "smollm2-135m-instruct")
+    assert [(s.label, s.model, s.adapter) for s in labelled] == [
+        ("tuned", "smollm2-135m-instruct", str(adapter)), ("plain", "smollm2-135m-instruct", None)]
     with pytest.raises(TunelabError, match="named twice"):
         model_specs(["base", "base"], "m")
     with pytest.raises(TunelabError, match="unknown scenario 'glue'"):

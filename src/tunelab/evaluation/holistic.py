@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from tunelab.evaluation.summarization import Toxicity, summarize, summary_metric
 from tunelab.files import write_json, write_jsonl, write_text
 
 
+LABEL = re.compile(r"^[A-Za-z0-9_.-]+=")  # 'label=' before a model
+
+
 @dataclass
 class ModelSpec:
     label: str  # as given on the command line
@@ -39,18 +43,22 @@ class ModelSpec:
 
 def model_specs(names: Sequence[str], base: str) -> list[ModelSpec]:
     """'base' is the base model; an adapter folder (peft or tunelab's) is applied to it;
-    anything else is a model of its own (a folder, a registry name, a hub id)."""
+    anything else is a model of its own (a folder, a registry name, a hub id).
+    ``label=where`` names a model in the report (``summarizer=runs/dialogsum-lora/final``);
+    the label is not part of the cache key, so renaming scores nothing again."""
     from tunelab.models.adapters import ARTIFACT_CONFIG, PEFT_CONFIG
 
     specs = []
-    for name in names:
+    for entry in names:
+        label, _, name = entry.partition("=") if LABEL.match(entry) else ("", "", entry)
+        label = label or name
         path = Path(name)
         if name == "base":
-            specs.append(ModelSpec(name, base))
+            specs.append(ModelSpec(label, base))
         elif (path / PEFT_CONFIG).is_file() or (path / ARTIFACT_CONFIG).is_file():
-            specs.append(ModelSpec(name, base, name))
+            specs.append(ModelSpec(label, base, name))
         else:
-            specs.append(ModelSpec(name, name))
+            specs.append(ModelSpec(label, name))
     if len({s.label for s in specs}) < len(specs):
         raise TunelabError(f"a model is named twice in {', '.join(names)}")
     return specs

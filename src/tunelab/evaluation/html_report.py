@@ -142,6 +142,7 @@ def accuracy_bars(results: dict[str, dict[str, Any]], scenarios: list[str]) -> b
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scenarios = [s for s in scenarios if any(_value(m.get(s), "acc") is not None for m in results.values())]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(scenarios) * max(1, len(results)) ** 0.5), 4))
     width = 0.8 / max(len(results), 1)
     for k, (model, metrics) in enumerate(results.items()):
