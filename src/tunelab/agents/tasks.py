@@ -89,32 +89,32 @@ INSTRUCTIONS = {"direct": "Answer the math problem with its final number only, a
                 "and the calculator completes it. End with '#### <number>'."}
 
 
+def conversation(mode: str, shots: list[dict[str, Any]], question: str) -> list[dict[str, str]]:
+    """The solved examples, then the problem, each user turn starting with the mode's instruction."""
+    return [*few_shot(shots, mode, INSTRUCTIONS[mode]), {"role": "user", "content": user_turn(INSTRUCTIONS[mode], question)}]
+
+
 def solve(question: str, mode: str, backend: Backend, settings: AgentEvalSettings, shots: list[dict[str, Any]],
           loaded: Any = None, limits: SandboxLimits | None = None) -> AgentResult:
-    if mode in ("pal", "react"):
-        result = run_pal(question, backend, limits=limits, max_tokens=settings.max_tokens) if mode == "pal" else \
-            run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
-                      max_tokens=settings.max_tokens)
-        result.answer = last_number(result.answer)  # "72 clips", "$72" and "1,000" read as every mode reads them
-        return result
-    messages = [*few_shot(shots, mode, INSTRUCTIONS[mode]), {"role": "user", "content": user_turn(INSTRUCTIONS[mode], question)}]
+    """One problem by pal, react or calculator (direct and cot go through ``solve_batch``)."""
     if mode == "calculator":
         if loaded is None:
             raise TunelabError("mode 'calculator' runs the tool inside generation: it needs a local model")
-        text, calls = write_with_calculator(loaded, messages, settings.max_tokens)
+        text, calls = write_with_calculator(loaded, conversation(mode, shots, question), settings.max_tokens)
+        answer = last_number(text)
         step = Step(text, tool="calculator" if calls else None, observation=str(calls))
-    else:
-        text = backend.complete(messages, max_tokens=settings.max_tokens)
-        step = Step(text)
-    answer = last_number(text)
-    return AgentResult(question, answer, "finish" if answer is not None else "no answer", [step])
+        return AgentResult(question, answer, "finish" if answer is not None else "no answer", [step])
+    result = run_pal(question, backend, limits=limits, max_tokens=settings.max_tokens) if mode == "pal" else \
+        run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
+                  max_tokens=settings.max_tokens)
+    result.answer = last_number(result.answer)  # "72 clips", "$72" and "1,000" read as every mode reads them
+    return result
 
 
 def solve_batch(questions: list[str], mode: str, backend: Backend, settings: AgentEvalSettings,
                 shots: list[dict[str, Any]]) -> list[AgentResult]:
     """The direct and cot modes for many problems at once."""
-    conversations = [[*few_shot(shots, mode, INSTRUCTIONS[mode]), {"role": "user", "content": user_turn(INSTRUCTIONS[mode], q)}]
-                     for q in questions]
+    conversations = [conversation(mode, shots, q) for q in questions]
     results = []
     for question, text in zip(questions, complete_many(backend, conversations, settings.max_tokens)):
         answer = last_number(text)
