@@ -196,3 +196,22 @@ def test_smolagents_tool_calling_agent(string_closer):
         json.loads(calls[0]["function"]["arguments"])
     steps = [s for s in agent.memory.steps if isinstance(s, ActionStep)]
     assert not any(isinstance(s.error, AgentParsingError) for s in steps), [s.error for s in steps]
+
+
+def test_hostile_schemas_over_the_socket(live):
+    """Schemas built to hurt the grammar compiler: a 400 or a bounded answer (the client's
+    timeout bounds the wait), and the server goes on serving."""
+    deep = {"type": "object"}
+    for _ in range(300):
+        deep = {"type": "object", "properties": {"a": deep}, "required": ["a"]}
+    wide = {"type": "string", "enum": [f"value-{i}" * 4 for i in range(20_000)]}
+    pattern = {"type": "string", "pattern": "(a|aa)*" * 50 + "b"}
+    for schema in (deep, wide, pattern):
+        answer = httpx.post(live.url + "/v1/chat/completions", timeout=120, json={
+            "model": "base", "messages": MESSAGES, "max_tokens": 20, "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+        assert answer.status_code in (200, 400, 413), answer.text[:300]
+    assert httpx.get(live.url + "/health", timeout=10).status_code == 200
+    ok = httpx.post(live.url + "/v1/chat/completions", json={"model": "base", "messages": MESSAGES, "max_tokens": 3},
+                    timeout=60)
+    assert ok.status_code == 200

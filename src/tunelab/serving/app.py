@@ -348,10 +348,11 @@ class Api:
         size = vocab_size(self.loaded.model)
         try:
             grammar = await run_in_threadpool(json_grammar, schema)
-            await run_in_threadpool(SchemaConstraint, self.tokenizer, size, grammar)  # compiles and checks it
+            checked = [await run_in_threadpool(SchemaConstraint, self.tokenizer, size, grammar)]  # compiles it
         except (TunelabError, ValueError, TypeError) as exc:
             raise ApiError(400, f"{param}: the JSON schema cannot be used: {exc}"[:500], param=param) from None
-        return lambda: SchemaConstraint(self.tokenizer, size, grammar)
+        # the checked constraint serves the first answer; n > 1 makes fresh ones
+        return lambda: checked.pop() if checked else SchemaConstraint(self.tokenizer, size, grammar)
 
     async def answer_with_tools(self, body: ChatBody, http: Request, prompt: list[int], max_tokens: int,
                                 functions: list[str]) -> Response:
