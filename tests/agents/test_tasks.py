@@ -2,14 +2,12 @@
 backend, the calculator inserted into generation, and BoolQ with retrieval."""
 
 import json
-from types import SimpleNamespace
-
 import pytest
-
-import tunelab.generation
+import torch
 from tunelab.agents.backends import ScriptedBackend
 from tunelab.agents.gsm8k import gold_answer, last_number, same_number, trace_segments, without_calls
-from tunelab.agents.tasks import AgentEvalSettings, load_rows, run_boolq_rag, run_gsm8k, write_with_calculator
+from tunelab.agents.inline_calculator import InlineCalculator, equals_then_more
+from tunelab.agents.tasks import AgentEvalSettings, load_rows, run_boolq_rag, run_gsm8k
 from tunelab.errors import TunelabError
 
 SOLUTION = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether 48+24 = <<48+24=72>>72 clips.\n#### 72"
@@ -59,23 +57,84 @@ class ByteTokenizer:
         return {"input_ids": list(text.encode())}
 
     def decode(self, ids, skip_special_tokens=True):
-        return bytes(ids).decode()
+        return bytes(ids).decode(errors="replace")
+
+    def batch_decode(self, sequences):
+        return [self.decode(ids) for ids in sequences]
+
+    def __len__(self):
+        return 256
 
 
-def test_the_calculator_writes_into_the_solution(monkeypatch):
-    chunks = ["Natalia sold 48/2 = <<", "48/2=", "24 clips. Then 7*3 = <<", "7*3=", "21.\n#### 24"]
-    prompts = []
+def feed(calculator, text):
+    for token in text.encode():
+        calculator.consume(token)
 
-    def fake_generate(model, tokenizer, prompts_, settings, **_):
-        prompts.append((prompts_[0], settings.stop))
-        return [SimpleNamespace(token_ids=list(chunks.pop(0).encode()), finish_reason="stop", eos_token_id=None)]
 
-    monkeypatch.setattr(tunelab.generation, "generate", fake_generate)
-    text, calls = write_with_calculator(SimpleNamespace(model=None, tokenizer=ByteTokenizer()),
-                                        [{"role": "user", "content": "q"}], max_tokens=500)
-    assert text == "Natalia sold 48/2 = <<48/2=24>>24 clips. Then 7*3 = <<7*3=21>>21.\n#### 24" and calls == 2
-    assert [stop for _, stop in prompts] == [("<<",), ("=",), ("<<",), ("=",), ("<<",)]
-    assert prompts[2][0].endswith("<<48/2=24>>")  # the model went on after the calculator's result
+def test_the_calculator_answers_the_call_the_model_opened():
+    tokenizer = ByteTokenizer()
+    calculator = InlineCalculator(tokenizer, equals_then_more(tokenizer, 256))
+    feed(calculator, "Natalia sold 48/2 = <<48/2")
+    assert calculator.call_open and not calculator.forced
+    logits = torch.zeros(256)
+    calculator.mask_(logits)
+    assert torch.isinf(logits).sum() == 0  # this tokenizer has no token holding '=' and more
+    feed(calculator, "=")
+    assert calculator.forced == list(b"24>>") and calculator.calls == [("48/2", "24")]
+    calculator.mask_(logits)
+    assert torch.isfinite(logits).nonzero().flatten().tolist() == [ord("2")]  # the result is forced
+    feed(calculator, "24>>24 clips. Then <<1/0=")
+    assert not calculator.call_open or calculator.forced == list(b"?>>")
+    assert calculator.calls == [("48/2", "24"), ("1/0", "?")]  # the model goes on without a value
+
+
+def test_tokens_with_text_after_equals_are_barred_inside_a_call():
+    class Merged(ByteTokenizer):  # token 256 is "=2"
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("=2" if i == 256 else bytes([i]).decode(errors="replace") for i in ids)
+
+        def __len__(self):
+            return 257
+
+    tokenizer = Merged()
+    calculator = InlineCalculator(tokenizer, equals_then_more(tokenizer, 257))
+    logits = torch.zeros(257)
+    calculator.mask_(logits)
+    assert torch.isfinite(logits).all()  # outside a call, anything goes
+    feed(calculator, "<<3+4")
+    calculator.mask_(logits)
+    assert torch.isinf(logits).nonzero().flatten().tolist() == [256]
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_the_calculator_writes_inside_batched_generation(arch, agent_llama_dir, agent_t5_dir):
+    from tunelab.agents.constrained import vocab_size
+    from tunelab.generation import GenerationSettings, generate_from_ids
+    from tunelab.models import load_model
+
+    loaded = load_model(str(agent_llama_dir if arch == "llama" else agent_t5_dir), device="cpu")
+    tokenizer = loaded.tokenizer
+    mask = equals_then_more(tokenizer, vocab_size(loaded.model))
+    starts = ["<<6*7=", "So <<48/2=", "no call"]
+    calculators = [InlineCalculator(tokenizer, mask, prefix=start) for start in starts]
+    prompts = [tokenizer("Solve it.", add_special_tokens=False)["input_ids"]] * 3
+    generated = generate_from_ids(loaded.model, tokenizer, prompts, GenerationSettings(max_new_tokens=24, batch_size=3),
+                                  progress=False, constraints=calculators)
+    texts = [tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in generated]
+    assert texts[0].replace(" ", "").startswith("<<6*7=42>>") and calculators[0].calls[0] == ("6*7", "42")
+    assert texts[1].replace(" ", "").startswith("So<<48/2=24>>") and calculators[1].calls[0] == ("48/2", "24")
+    assert all(e + "=" + v + ">>" in t.replace(" ", "") for c, t in zip(calculators, texts) for e, v in c.calls)
+
+
+def test_calculator_mode_end_to_end(agent_t5_dir):
+    from tunelab.models import load_model
+
+    settings = AgentEvalSettings(mode="calculator", shots=1, max_tokens=12, bootstrap=0)
+    settings.validate()
+    metrics, traces = run_gsm8k(ROWS, settings, backend=None, loaded=load_model(str(agent_t5_dir), device="cpu"))
+    assert metrics["n"] == 2 and len(traces) == 2 and metrics["tool_calls_per_problem"] >= 0
+    with pytest.raises(TunelabError, match="needs a local model"):
+        run_gsm8k(ROWS, settings, ScriptedBackend(["#### 72"]))
 
 
 def test_rows_and_settings_errors(tmp_path):

@@ -130,10 +130,18 @@ PAL_EXAMPLE = ("Olivia has $23. She bought five bagels for $3 each. How much mon
 def run_pal(question: str, backend: Backend, *, limits: SandboxLimits | None = None,
             max_tokens: int = 400) -> AgentResult:
     """PAL: one program, run in the sandbox; the answer is its last printed line."""
-    messages = [{"role": "system", "content": PAL_INSTRUCTIONS},
-                {"role": "user", "content": PAL_EXAMPLE[0]}, {"role": "assistant", "content": PAL_EXAMPLE[1]},
-                {"role": "user", "content": question}]
-    raw = backend.complete(messages, max_tokens=max_tokens)
+    return run_program(question, backend.complete(pal_messages(question), max_tokens=max_tokens), limits)
+
+
+def pal_messages(question: str) -> list[dict[str, str]]:
+    """The conversation that asks for a program (one solved example, then the question)."""
+    return [{"role": "system", "content": PAL_INSTRUCTIONS},
+            {"role": "user", "content": PAL_EXAMPLE[0]}, {"role": "assistant", "content": PAL_EXAMPLE[1]},
+            {"role": "user", "content": question}]
+
+
+def run_program(question: str, raw: str, limits: SandboxLimits | None = None) -> AgentResult:
+    """The second half of PAL: the program in the model's reply, run in the sandbox."""
     code = extract_program(raw)
     step = Step(raw, tool="python", arguments={"code": code})
     result = AgentResult(question, None, "no program", [step])

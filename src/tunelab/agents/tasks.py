@@ -20,7 +20,7 @@ from typing import Any
 
 from tunelab.agents.backends import Backend, complete_many, render_chat
 from tunelab.agents.gsm8k import calculator_result, few_shot, gold_answer, last_number, same_number, user_turn
-from tunelab.agents.loops import AgentResult, Step, run_pal, run_react
+from tunelab.agents.loops import AgentResult, Step, pal_messages, run_program, run_react
 from tunelab.agents.sandbox import SandboxLimits
 from tunelab.agents.tools import make_tools
 from tunelab.errors import TunelabError
@@ -89,63 +89,69 @@ INSTRUCTIONS = {"direct": "Answer the math problem with its final number only, a
                 "and the calculator completes it. End with '#### <number>'."}
 
 
+BATCH_ROWS = 32  # problems per call of the batched modes (each call sorts its problems by length)
+
+
 def conversation(mode: str, shots: list[dict[str, Any]], question: str) -> list[dict[str, str]]:
     """The solved examples, then the problem, each user turn starting with the mode's instruction."""
     return [*few_shot(shots, mode, INSTRUCTIONS[mode]), {"role": "user", "content": user_turn(INSTRUCTIONS[mode], question)}]
 
 
-def solve(question: str, mode: str, backend: Backend, settings: AgentEvalSettings, shots: list[dict[str, Any]],
-          loaded: Any = None, limits: SandboxLimits | None = None) -> AgentResult:
-    """One problem by pal, react or calculator (direct and cot go through ``solve_batch``)."""
-    if mode == "calculator":
-        if loaded is None:
-            raise TunelabError("mode 'calculator' runs the tool inside generation: it needs a local model")
-        text, calls = write_with_calculator(loaded, conversation(mode, shots, question), settings.max_tokens)
-        answer = last_number(text)
-        step = Step(text, tool="calculator" if calls else None, observation=str(calls))
-        return AgentResult(question, answer, "finish" if answer is not None else "no answer", [step])
-    result = run_pal(question, backend, limits=limits, max_tokens=settings.max_tokens) if mode == "pal" else \
-        run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
-                  max_tokens=settings.max_tokens)
+def solve(question: str, backend: Backend, settings: AgentEvalSettings) -> AgentResult:
+    """One problem by ReAct (the other modes go through ``solve_batch``)."""
+    result = run_react(question, make_tools(["calculator"]), backend, max_steps=settings.max_steps,
+                       max_tokens=settings.max_tokens)
     result.answer = last_number(result.answer)  # "72 clips", "$72" and "1,000" read as every mode reads them
     return result
 
 
 def solve_batch(questions: list[str], mode: str, backend: Backend, settings: AgentEvalSettings,
-                shots: list[dict[str, Any]]) -> list[AgentResult]:
-    """The direct and cot modes for many problems at once."""
+                shots: list[dict[str, Any]], loaded: Any = None,
+                limits: SandboxLimits | None = None) -> list[AgentResult]:
+    """The direct, cot, pal and calculator modes for many problems at once: one model reply
+    each, batched where the backend can."""
+    if mode == "pal":  # the programs are written together, then each runs in the sandbox
+        replies = complete_many(backend, [pal_messages(q) for q in questions], settings.max_tokens)
+        results = [run_program(q, reply, limits) for q, reply in zip(questions, replies)]
+        for result in results:
+            result.answer = last_number(result.answer)
+        return results
     conversations = [conversation(mode, shots, q) for q in questions]
+    if mode == "calculator":
+        if loaded is None:
+            raise TunelabError("mode 'calculator' runs the tool inside generation: it needs a local model")
+        written = write_with_calculator(loaded, conversations, settings.max_tokens)
+    else:
+        written = [(text, []) for text in complete_many(backend, conversations, settings.max_tokens)]
     results = []
-    for question, text in zip(questions, complete_many(backend, conversations, settings.max_tokens)):
+    for question, (text, calls) in zip(questions, written):
         answer = last_number(text)
-        results.append(AgentResult(question, answer, "finish" if answer is not None else "no answer", [Step(text)]))
+        observation = "; ".join(f"{expression}={value}" for expression, value in calls)
+        step = Step(text, tool="calculator" if calls else None,
+                    arguments={"expressions": [e for e, _ in calls]} if calls else None, observation=observation)
+        results.append(AgentResult(question, answer, "finish" if answer is not None else "no answer", [step]))
     return results
 
 
-def write_with_calculator(loaded: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, int]:
-    """Generate a solution; whenever the model opens a call ('<<' ... '='), the calculator
-    writes the result and '>>', and the model goes on. Returns the text and the calls made."""
-    from tunelab.generation import GenerationSettings, generate
+def write_with_calculator(loaded: Any, conversations: list[list[dict[str, str]]], max_tokens: int,
+                          batch_size: int = 8) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Solutions in which, whenever the model opens a call and writes its '=' ('<<48/2='),
+    the calculator writes the result and '>>' and the model goes on (``InlineCalculator``,
+    batched). Returns each text with the calls the calculator answered."""
+    from tunelab.agents.constrained import vocab_size
+    from tunelab.agents.inline_calculator import InlineCalculator, equals_then_more
+    from tunelab.generation import GenerationSettings, generate_from_ids
 
-    prompt, has_special = render_chat(loaded.tokenizer, messages)
-    text, calls = "", 0
-    while True:
-        left = max_tokens - len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if left <= 0:
-            return text, calls
-        opened = "<<" in text.rsplit(">>", 1)[-1]
-        settings = GenerationSettings(max_new_tokens=left, stop=("=",) if opened else ("<<",), batch_size=1)
-        result = generate(loaded.model, loaded.tokenizer, [prompt + text], settings,
-                          add_special_tokens=not has_special, progress=False)[0]
-        raw = loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        marker = "=" if opened else "<<"
-        if marker not in raw:  # ended by the end of sequence or the token limit, not by the marker
-            return text + raw, calls
-        text += raw[: raw.index(marker) + len(marker)]
-        if opened:  # the model wrote the expression and '=': the calculator answers
-            expression = text.rsplit("<<", 1)[1][:-1]
-            text += calculator_result(expression) + ">>"
-            calls += 1
+    tokenizer = loaded.tokenizer
+    prompts = []
+    for messages in conversations:
+        text, has_special = render_chat(tokenizer, messages)
+        prompts.append(tokenizer(text, add_special_tokens=not has_special)["input_ids"])
+    inner_equals = equals_then_more(tokenizer, vocab_size(loaded.model))
+    calculators = [InlineCalculator(tokenizer, inner_equals) for _ in prompts]
+    settings = GenerationSettings(max_new_tokens=max_tokens, batch_size=batch_size)
+    generated = generate_from_ids(loaded.model, tokenizer, prompts, settings, progress=False, constraints=calculators)
+    return [(tokenizer.decode(g.token_ids, skip_special_tokens=True), c.calls) for g, c in zip(generated, calculators)]
 
 
 def score_gsm8k(rows: list[dict[str, Any]], results: list[AgentResult], mode: str, bootstrap: int,
@@ -161,7 +167,7 @@ def score_gsm8k(rows: list[dict[str, Any]], results: list[AgentResult], mode: st
     metrics = {"n": n, "accuracy": float(correct.mean()) if n else 0.0,
                "parse_rate": 1 - sum(s.error == "parse" for s in steps) / max(len(steps), 1),
                "tool_calls_per_problem": sum(r.tool_calls for r in results) / max(n, 1) if mode != "calculator"
-               else sum(int(s.observation or 0) for s in steps) / max(n, 1),
+               else sum(len((s.arguments or {}).get("expressions", ())) for s in steps) / max(n, 1),
                "outcomes": {k: v / max(n, 1) for k, v in sorted(outcomes.items())}}
     if bootstrap and n:
         metrics["accuracy_ci"] = bootstrap_interval(lambda i: float(correct[i].mean()), n, bootstrap, seed)
@@ -185,14 +191,17 @@ def run_gsm8k(rows: list[dict[str, Any]], settings: AgentEvalSettings, backend: 
     from tunelab.data.loading import builtin_path, iter_records
 
     shots = [row for _, row in zip(range(settings.shots), (r for _, r in iter_records(builtin_path("gsm8k", "train"))))]
-    if settings.mode in ("direct", "cot"):  # one free reply each: batched where the backend can
-        results = solve_batch([row["question"] for row in rows], settings.mode, backend, settings, shots)
-        if progress:
-            progress(len(rows))
+    if settings.mode != "react":  # one reply each: batched where the backend can
+        results = []
+        for start in range(0, len(rows), BATCH_ROWS):  # in slices, so the progress bar moves
+            chunk = [row["question"] for row in rows[start:start + BATCH_ROWS]]
+            results += solve_batch(chunk, settings.mode, backend, settings, shots, loaded)
+            if progress:
+                progress(len(chunk))
     else:
         results = []
         for row in rows:
-            results.append(solve(row["question"], settings.mode, backend, settings, shots, loaded))
+            results.append(solve(row["question"], backend, settings))
             if progress:
                 progress(1)
     traces = [{**r.to_json(), "gold": gold_answer(row["answer"]), "correct": same_number(r.answer, gold_answer(row["answer"]))}
