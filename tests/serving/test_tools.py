@@ -114,6 +114,21 @@ def test_auto_calls_then_answers_with_the_tool_result(eager_caller):
     assert again.choices[0].message.tool_calls is None and again.choices[0].finish_reason in ("stop", "length")
 
 
+def test_streamed_tool_calls_arrive_in_openai_chunks(eager_caller):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=eager_caller.url + "/v1", api_key="unused")
+    chunks = list(client.chat.completions.create(model="base", messages=MESSAGES, tools=[WEATHER], max_tokens=150,
+                                                 temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    calls = [call for c in chunks if c.choices and c.choices[0].delta.tool_calls for call in c.choices[0].delta.tool_calls]
+    assert len(calls) == 1 and calls[0].index == 0 and calls[0].id.startswith("call_") and calls[0].type == "function"
+    assert calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].function.arguments), schema_of(WEATHER))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
 def test_auto_without_a_call_is_plain_text(live):
     reply = httpx.post(live.url + "/v1/chat/completions", json={
         "model": "base", "messages": MESSAGES, "tools": [WEATHER], "max_tokens": 6, "temperature": 0}, timeout=60).json()
@@ -147,7 +162,7 @@ def test_bad_tools_are_refused(live):
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not in tools"),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
         ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
-        ({"tools": [WEATHER], "stream": True}, "stream: false"),
+        ({"tools": [WEATHER], "n": 2}, "n: 1"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}],
           "tool_choice": "required"}, "cannot be used"),
         ({"response_format": {"type": "json_schema"}}, "needs a 'json_schema'"),

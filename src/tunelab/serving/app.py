@@ -357,9 +357,11 @@ class Api:
     async def answer_with_tools(self, body: ChatBody, http: Request, prompt: list[int], max_tokens: int,
                                 functions: list[str]) -> Response:
         """A reply that may (auto) or must (required, a named function) call a tool: free
-        text up to "<tool_call>" if the model opens one, then the call under its schema."""
-        if body.stream or body.n > 1:
-            raise ApiError(400, "tools work with stream: false and n: 1 in tunelab serve", param="tools")
+        text up to "<tool_call>" if the model opens one, then the call under its schema.
+        Streamed, the reply goes out once complete (a call is only valid whole), in
+        OpenAI's chunks."""
+        if body.n > 1:
+            raise ApiError(400, "tools work with n: 1 in tunelab serve", param="n")
         maker = await self.constraint_maker(tool_calls.call_schema(body, functions), "tools")
         original, outputs, content = prompt, [], None
         if not tool_calls.must_call(body):
@@ -388,14 +390,36 @@ class Api:
         return self.chat_response(body, original, outputs, content, [made], "tool_calls")
 
     def chat_response(self, body: ChatBody, prompt: list[int], outputs: list[Any], content: str | None,
-                      calls: list[dict[str, Any]] | None, reason: str) -> JSONResponse:
+                      calls: list[dict[str, Any]] | None, reason: str) -> Response:
+        ident = "chatcmpl-" + secrets.token_hex(12)
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            chunks = replay_chunks(_Chunks(ident, body.model, True), content, calls, reason,
+                                   usage([prompt], outputs) if include_usage else None)
+            return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls
-        return JSONResponse({"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion",
+        return JSONResponse({"id": ident, "object": "chat.completion",
                              "created": int(time.time()), "model": body.model,
                              "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
                              "usage": usage([prompt], outputs), "system_fingerprint": None})
+
+
+async def replay_chunks(chunks: _Chunks, content: str | None, calls: list[dict[str, Any]] | None, reason: str,
+                        counted: dict[str, int] | None) -> AsyncIterator[bytes]:
+    """A finished chat reply as OpenAI's stream: the role, the text, each tool call whole
+    (with its index, as clients that join call deltas expect), the finish reason, usage."""
+    yield chunks.chunk([chunks.choice(0, None, None, role=True)])
+    if content:
+        yield chunks.chunk([chunks.choice(0, content, None)])
+    for index, call in enumerate(calls or []):
+        delta = {"tool_calls": [{"index": index, **call}]}
+        yield chunks.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+    yield chunks.chunk([chunks.choice(0, None, reason)])
+    if counted is not None:
+        yield chunks.chunk([], usage=counted)
+    yield b"data: [DONE]\n\n"
 
 
 @dataclass
