@@ -6,7 +6,7 @@ import pytest
 import torch
 from tunelab.agents.backends import ScriptedBackend
 from tunelab.agents.gsm8k import gold_answer, last_number, same_number, trace_segments, without_calls
-from tunelab.agents.inline_calculator import InlineCalculator, equals_then_more
+from tunelab.agents.inline_calculator import InlineCalculator, barred_inside_calls
 from tunelab.agents.tasks import AgentEvalSettings, load_rows, run_boolq_rag, run_gsm8k
 from tunelab.errors import TunelabError
 
@@ -73,7 +73,7 @@ def feed(calculator, text):
 
 def test_the_calculator_answers_the_call_the_model_opened():
     tokenizer = ByteTokenizer()
-    calculator = InlineCalculator(tokenizer, equals_then_more(tokenizer, 256))
+    calculator = InlineCalculator(tokenizer, barred_inside_calls(tokenizer, 256))
     feed(calculator, "Natalia sold 48/2 = <<48/2")
     assert calculator.call_open and not calculator.forced
     logits = torch.zeros(256)
@@ -84,26 +84,38 @@ def test_the_calculator_answers_the_call_the_model_opened():
     calculator.mask_(logits)
     assert torch.isfinite(logits).nonzero().flatten().tolist() == [ord("2")]  # the result is forced
     feed(calculator, "24>>24 clips. Then <<1/0=")
-    assert not calculator.call_open or calculator.forced == list(b"?>>")
+    assert calculator.forced == list(b"?>>")
     assert calculator.calls == [("48/2", "24"), ("1/0", "?")]  # the model goes on without a value
 
 
 def test_tokens_with_text_after_equals_are_barred_inside_a_call():
-    class Merged(ByteTokenizer):  # token 256 is "=2"
+    class Merged(ByteTokenizer):  # token 256 is "=2", 257 is "==", 258 is "+="
+        extra = {256: "=2", 257: "==", 258: "+="}
+
         def decode(self, ids, skip_special_tokens=True):
-            return "".join("=2" if i == 256 else bytes([i]).decode(errors="replace") for i in ids)
+            return "".join(self.extra.get(i) or bytes([i]).decode(errors="replace") for i in ids)
 
         def __len__(self):
-            return 257
+            return 259
 
     tokenizer = Merged()
-    calculator = InlineCalculator(tokenizer, equals_then_more(tokenizer, 257))
-    logits = torch.zeros(257)
+    calculator = InlineCalculator(tokenizer, barred_inside_calls(tokenizer, 259))
+    logits = torch.zeros(259)
     calculator.mask_(logits)
     assert torch.isfinite(logits).all()  # outside a call, anything goes
     feed(calculator, "<<3+4")
     calculator.mask_(logits)
-    assert torch.isinf(logits).nonzero().flatten().tolist() == [256]
+    assert torch.isinf(logits).nonzero().flatten().tolist() == [256, 257]  # '+=' ends with the one '='
+
+
+def test_forced_text_is_exact_after_other_text(agent_t5_dir):
+    from transformers import AutoTokenizer
+
+    from tunelab.agents.inline_calculator import continuation_ids
+
+    for tokenizer in (AutoTokenizer.from_pretrained(agent_t5_dir), ByteTokenizer()):
+        for text in ("24>>", "0.3333333333>>", "?>>"):
+            assert tokenizer.decode(continuation_ids(tokenizer, text), skip_special_tokens=True) == text
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
@@ -114,16 +126,16 @@ def test_the_calculator_writes_inside_batched_generation(arch, agent_llama_dir, 
 
     loaded = load_model(str(agent_llama_dir if arch == "llama" else agent_t5_dir), device="cpu")
     tokenizer = loaded.tokenizer
-    mask = equals_then_more(tokenizer, vocab_size(loaded.model))
+    mask = barred_inside_calls(tokenizer, vocab_size(loaded.model))
     starts = ["<<6*7=", "So <<48/2=", "no call"]
     calculators = [InlineCalculator(tokenizer, mask, prefix=start) for start in starts]
     prompts = [tokenizer("Solve it.", add_special_tokens=False)["input_ids"]] * 3
     generated = generate_from_ids(loaded.model, tokenizer, prompts, GenerationSettings(max_new_tokens=24, batch_size=3),
                                   progress=False, constraints=calculators)
     texts = [tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in generated]
-    assert texts[0].replace(" ", "").startswith("<<6*7=42>>") and calculators[0].calls[0] == ("6*7", "42")
-    assert texts[1].replace(" ", "").startswith("So<<48/2=24>>") and calculators[1].calls[0] == ("48/2", "24")
-    assert all(e + "=" + v + ">>" in t.replace(" ", "") for c, t in zip(calculators, texts) for e, v in c.calls)
+    assert texts[0].startswith("<<6*7=42>>") and calculators[0].calls[0] == ("6*7", "42")
+    assert texts[1].startswith("So <<48/2=24>>") and calculators[1].calls[0] == ("48/2", "24")
+    assert all(e + "=" + v + ">>" in t for c, t in zip(calculators, texts) for e, v in c.calls)
 
 
 def test_calculator_mode_end_to_end(agent_t5_dir):
@@ -132,7 +144,9 @@ def test_calculator_mode_end_to_end(agent_t5_dir):
     settings = AgentEvalSettings(mode="calculator", shots=1, max_tokens=12, bootstrap=0)
     settings.validate()
     metrics, traces = run_gsm8k(ROWS, settings, backend=None, loaded=load_model(str(agent_t5_dir), device="cpu"))
-    assert metrics["n"] == 2 and len(traces) == 2 and metrics["tool_calls_per_problem"] >= 0
+    assert metrics["n"] == 2 and len(traces) == 2 and metrics["outcomes"]
+    calls = [len((t["steps"][0]["arguments"] or {}).get("expressions", ())) for t in traces]
+    assert metrics["tool_calls_per_problem"] == sum(calls) / 2
     with pytest.raises(TunelabError, match="needs a local model"):
         run_gsm8k(ROWS, settings, ScriptedBackend(["#### 72"]))
 

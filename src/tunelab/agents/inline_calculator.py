@@ -19,27 +19,27 @@ OPEN, CLOSE, EQUALS = "<<", ">>", "="
 class InlineCalculator:
     """One row's calculator. ``calls`` keeps every (expression, result) it answered."""
 
-    def __init__(self, tokenizer: Any, inner_equals: torch.Tensor, prefix: str = ""):
+    def __init__(self, tokenizer: Any, barred_in_call: torch.Tensor, prefix: str = ""):
         self.tokenizer = tokenizer
         self.tokens: list[int] = []
         self.calls: list[tuple[str, str]] = []
         self.call_open = False
-        # A token that holds '=' and more after it ('=2') would close the expression with
-        # text the calculator's result could not precede: inside a call, such tokens are
-        # barred (``equals_then_more``, computed once for all rows).
-        self.inner_equals = inner_equals
+        # A token holding '=' with more after it ('=2') or a second '=' ('==') would close
+        # the expression in a way the calculator's result could not follow: inside a call,
+        # such tokens are barred (``barred_inside_calls``, computed once per tokenizer).
+        self.barred_in_call = barred_in_call
         # ``prefix``: text forced before the model writes anything (for tests, and for a caller
         # that starts the solution itself).
-        self.forced: list[int] = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        self.forced: list[int] = continuation_ids(tokenizer, prefix) if prefix else []
 
     def mask_(self, logits: torch.Tensor) -> None:
         if self.forced:
-            allowed = self.forced[0]
-            kept = logits[allowed].clone()
             logits.fill_(float("-inf"))
-            logits[allowed] = kept
+            logits[self.forced[0]] = 0.0  # the only choice, whatever the model thought of it
         elif self.call_open:
-            logits[self.inner_equals[: logits.shape[-1]].to(logits.device)] = float("-inf")
+            if self.barred_in_call.device != logits.device:
+                self.barred_in_call = self.barred_in_call.to(logits.device)
+            logits[self.barred_in_call] = float("-inf")
 
     def consume(self, token: int) -> None:
         self.tokens.append(token)
@@ -54,16 +54,35 @@ class InlineCalculator:
             if EQUALS not in expression:  # the first '=' of the call: the calculator answers
                 result = calculator_result(expression)
                 self.calls.append((expression, result))
-                self.forced = self.tokenizer(result + CLOSE, add_special_tokens=False)["input_ids"]
+                self.forced = continuation_ids(self.tokenizer, result + CLOSE)
 
     @property
     def finished(self) -> bool:
         return False  # the model ends the solution (end of sequence or the token limit)
 
 
-def equals_then_more(tokenizer: Any, vocab_size: int) -> torch.Tensor:
-    """A mask over the vocabulary: the tokens whose text holds '=' with more text after it."""
-    texts = tokenizer.batch_decode([[token] for token in range(min(vocab_size, len(tokenizer)))])
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
-    mask[: len(texts)] = torch.tensor([EQUALS in text and not text.endswith(EQUALS) for text in texts])
-    return mask
+def continuation_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids that decode to exactly ``text`` when they follow other text: a SentencePiece
+    tokenizer (Llama 2, T5) would start ``text`` encoded alone with a word-start space, so
+    it is encoded after an '=' and the ids of that '=' are dropped."""
+    ids = tokenizer("=" + text, add_special_tokens=False)["input_ids"]
+    for start in range(1, len(ids)):
+        if tokenizer.decode(ids[start:], skip_special_tokens=True) == text:
+            return ids[start:]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+_BARRED: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}
+
+
+def barred_inside_calls(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """A mask over the vocabulary: the tokens whose text holds '=' with more text after it,
+    or more than one '='. Computed once per tokenizer (decoding the whole vocabulary)."""
+    key = (id(tokenizer), vocab_size)
+    if key not in _BARRED or _BARRED[key][0] is not tokenizer:  # the tokenizer is kept, so its id is not reused
+        texts = tokenizer.batch_decode([[token] for token in range(min(vocab_size, len(tokenizer)))])
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[: len(texts)] = torch.tensor([text.count(EQUALS) > 1 or (EQUALS in text and not text.endswith(EQUALS))
+                                           for text in texts])
+        _BARRED[key] = (tokenizer, mask)
+    return _BARRED[key][1]

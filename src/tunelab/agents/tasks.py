@@ -139,7 +139,7 @@ def write_with_calculator(loaded: Any, conversations: list[list[dict[str, str]]]
     the calculator writes the result and '>>' and the model goes on (``InlineCalculator``,
     batched). Returns each text with the calls the calculator answered."""
     from tunelab.agents.constrained import vocab_size
-    from tunelab.agents.inline_calculator import InlineCalculator, equals_then_more
+    from tunelab.agents.inline_calculator import InlineCalculator, barred_inside_calls
     from tunelab.generation import GenerationSettings, generate_from_ids
 
     tokenizer = loaded.tokenizer
@@ -147,8 +147,8 @@ def write_with_calculator(loaded: Any, conversations: list[list[dict[str, str]]]
     for messages in conversations:
         text, has_special = render_chat(tokenizer, messages)
         prompts.append(tokenizer(text, add_special_tokens=not has_special)["input_ids"])
-    inner_equals = equals_then_more(tokenizer, vocab_size(loaded.model))
-    calculators = [InlineCalculator(tokenizer, inner_equals) for _ in prompts]
+    barred = barred_inside_calls(tokenizer, vocab_size(loaded.model))
+    calculators = [InlineCalculator(tokenizer, barred) for _ in prompts]
     settings = GenerationSettings(max_new_tokens=max_tokens, batch_size=batch_size)
     generated = generate_from_ids(loaded.model, tokenizer, prompts, settings, progress=False, constraints=calculators)
     return [(tokenizer.decode(g.token_ids, skip_special_tokens=True), c.calls) for g, c in zip(generated, calculators)]
