@@ -171,6 +171,10 @@ def test_boolq_with_retrieval(agent_llama_dir, mode):
     metrics, traces = run_boolq_rag(rows, settings, loaded)
     assert metrics["n"] == 4 and 0 <= metrics["accuracy"] <= 1 and len(traces) == 4
     assert all(len(t["passages"]) == {"closed": 0, "bm25": 2, "gold": 1}[mode] for t in traces)
+    assert 0 <= metrics["calibrated_accuracy"] <= 1 and len(metrics["content_free_logprobs"]) == 2
+    prior = metrics["content_free_logprobs"]
+    assert all(t["calibrated_answer"] == ["no", "yes"][t["logprobs"][1] - prior[1] > t["logprobs"][0] - prior[0]]
+               for t in traces)
     if mode == "bm25":
         assert 0 <= metrics["recall_at_2"] <= 1
     if mode == "gold":

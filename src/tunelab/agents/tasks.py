@@ -7,7 +7,7 @@
 - ``boolq-rag``: BoolQ's questions answered from retrieved passages: ``closed`` (the
   question alone), ``bm25`` (the top-k passages BM25 finds among all of BoolQ's
   validation passages), ``gold`` (the question's own passage, the upper bound); yes/no by
-  answer log-likelihood; with retrieval recall@k.
+  answer log-likelihood, also contextually calibrated; with retrieval recall@k.
 """
 
 from __future__ import annotations
@@ -238,17 +238,34 @@ def run_boolq_rag(rows: list[dict[str, Any]], settings: AgentEvalSettings, loade
         question = row["question"].rstrip("?") + "?"
         passages = [] if settings.mode == "closed" else [row["passage"]] if settings.mode == "gold" else \
             [hit.text for hit in index.search(question, settings.k)]
-        context = "".join(f"{p}\n\n" for p in passages) + f"Question: {question}\nAnswer:"
-        items.append(choice_item(f"boolq:{n}", context, ["no", "yes"], int(bool(row["label"]))))
+        items.append(choice_item(f"boolq:{n}", boolq_context(passages, question), ["no", "yes"], int(bool(row["label"]))))
         traces.append({"question": question, "passages": passages, "gold_retrieved": row["passage"] in passages})
-    scores, _ = score_items(loaded.model, loaded.tokenizer, items, batch_size=4, progress=progress)
+    # Contextual calibration (Zhao et al., 2021): the same prompt with every passage and the
+    # question replaced by "N/A" measures the model's prior for "no" over "yes"; subtracted,
+    # it leaves what the passages and the question changed. No label is used.
+    slots = {"closed": 0, "gold": 1, "bm25": settings.k}[settings.mode]
+    content_free = choice_item("boolq:n/a", boolq_context(["N/A"] * slots, "N/A"), ["no", "yes"], 0)
+    scores, _ = score_items(loaded.model, loaded.tokenizer, [*items, content_free], batch_size=4, progress=progress)
+    prior = np.array(scores.pop())
     correct = np.array([int(np.argmax(s)) == item.gold[0] for s, item in zip(scores, items)], dtype=float)
-    for trace, s, right in zip(traces, scores, correct):
-        trace.update(logprobs=s, answer=["no", "yes"][int(np.argmax(s))], correct=bool(right))
-    metrics = {"n": len(rows), "accuracy": float(correct.mean()), "parse_rate": 1.0}
+    calibrated = np.array([int(np.argmax(np.array(s) - prior)) == item.gold[0] for s, item in zip(scores, items)],
+                          dtype=float)
+    for trace, s, right, right_calibrated in zip(traces, scores, correct, calibrated):
+        trace.update(logprobs=s, answer=["no", "yes"][int(np.argmax(s))], correct=bool(right),
+                     calibrated_answer=["no", "yes"][int(np.argmax(np.array(s) - prior))],
+                     calibrated_correct=bool(right_calibrated))
+    metrics = {"n": len(rows), "accuracy": float(correct.mean()), "calibrated_accuracy": float(calibrated.mean()),
+               "content_free_logprobs": prior.tolist(), "parse_rate": 1.0}
     if settings.mode == "bm25":
         metrics[f"recall_at_{settings.k}"] = sum(t["gold_retrieved"] for t in traces) / len(traces)
     if settings.bootstrap:
         metrics["accuracy_ci"] = bootstrap_interval(lambda i: float(correct[i].mean()), len(rows), settings.bootstrap,
                                                     settings.seed)
+        metrics["calibrated_accuracy_ci"] = bootstrap_interval(lambda i: float(calibrated[i].mean()), len(rows),
+                                                               settings.bootstrap, settings.seed)
     return metrics, traces
+
+
+def boolq_context(passages: list[str], question: str) -> str:
+    """lm-eval's BoolQ prompt, with any number of passages before the question."""
+    return "".join(f"{p}\n\n" for p in passages) + f"Question: {question}\nAnswer:"
