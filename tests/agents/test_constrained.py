@@ -66,3 +66,15 @@ def test_a_cut_off_value_is_an_error_not_a_partial_call(agent_model):
 def test_unknown_tool_name():
     with pytest.raises(TunelabError, match="no tool named 'web'; tools: calculator, python, finish"):
         tool_call_schema(TOOLS, "web")
+
+
+def test_a_step_schema_bounds_its_tokens():
+    from tunelab.agents.constrained import worst_case_tokens
+    from tunelab.agents.loops import step_schema
+
+    schema = step_schema(SHORT_TOOLS)
+    bound = worst_case_tokens(schema)
+    longest = {"thought": "\U0001F600" * 200, "tool": "finish", "arguments": {"answer": "\U0001F600" * 300}}
+    assert len(json.dumps(longest, separators=(",", ":")).encode()) <= bound  # one token is at least one byte
+    assert worst_case_tokens({"type": "string"}) is None and worst_case_tokens({"type": "integer"}) is None
+    assert worst_case_tokens(step_schema(TOOLS)) > bound  # the python tool's code is longer

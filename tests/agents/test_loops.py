@@ -50,9 +50,21 @@ def test_pal_runs_the_program():
 
 
 def test_a_step_cut_by_the_token_limit_is_an_error(agent_model):
-    result = run_react("What is 2 + 2?", make_tools(["calculator"]), LocalBackend(agent_model), max_steps=3,
-                       max_tokens=5)
+    from tunelab.agents.tools import Tool
+
+    # a user's tool whose string has no maxLength: no bound, so max_tokens applies and can cut
+    echo = Tool("echo", "Repeats the text.", {"type": "object", "properties": {"text": {"type": "string"}},
+                                             "required": ["text"], "additionalProperties": False}, lambda text: text)
+    result = run_react("What is 2 + 2?", {"echo": echo}, LocalBackend(agent_model), max_steps=3, max_tokens=5)
     assert result.stop_reason == "length" and result.steps[-1].error == "length" and result.parse_failures == 0
+
+
+def test_built_in_tools_get_the_tokens_their_steps_can_take():
+    from tunelab.agents.constrained import worst_case_tokens
+
+    backend = ScriptedBackend([step("done", "finish", answer="4")])
+    run_react("What is 2 + 2?", make_tools(["calculator"]), backend, max_tokens=5)
+    assert backend.max_tokens == [worst_case_tokens(step_schema(list(make_tools(["calculator"]).values())))]
 
 
 def test_a_random_model_always_writes_valid_steps(agent_model):

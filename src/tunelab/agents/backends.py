@@ -125,10 +125,12 @@ class ScriptedBackend:
 
     replies: list[str]
     calls: list[dict[str, Any]] = field(default_factory=list)
+    max_tokens: list[int] = field(default_factory=list)
 
     def complete(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                  stop: Sequence[str] = (), max_tokens: int = 256) -> str:
         self.calls.append({"messages": [dict(m) for m in messages], "schema": schema, "stop": list(stop)})
+        self.max_tokens.append(max_tokens)
         if not self.replies:
             raise TunelabError("the scripted backend ran out of replies")
         return self.replies.pop(0)

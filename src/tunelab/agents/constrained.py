@@ -118,3 +118,28 @@ def generate_json(model: Any, tokenizer: Any, prompt_ids: Sequence[int], schema:
     if not constraint.accepting:
         raise TunelabError(f"the JSON was cut off after {len(result.token_ids)} tokens: {text[:200]!r}")
     return text, json.loads(text)
+
+
+def worst_case_tokens(schema: dict[str, Any]) -> int | None:
+    """The most tokens a JSON text of ``schema`` can take, written without whitespace (as
+    ``json_grammar`` allows): every string character counted as a 12-byte escape (a
+    surrogate pair, "\\ud83d\\ude00") and every byte as a token; None when the schema does not bound its length
+    (a string without maxLength, a number, an array)."""
+    if "const" in schema:
+        return len(json.dumps(schema["const"]).encode())
+    if "anyOf" in schema:
+        options = [worst_case_tokens(option) for option in schema["anyOf"]]
+        return None if None in options else max(options)
+    kind = schema.get("type")
+    if kind == "string":
+        return None if "maxLength" not in schema else 2 + 12 * int(schema["maxLength"])
+    if kind == "boolean":
+        return 5
+    if kind == "object" and schema.get("additionalProperties") is False:
+        parts = [worst_case_tokens(spec) for spec in schema.get("properties", {}).values()]
+        if None in parts:
+            return None
+        keys = sum(len(json.dumps(name).encode()) + 2 for name in schema.get("properties", {}))
+        return 2 + keys + sum(parts)
+    return None
+

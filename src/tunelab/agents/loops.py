@@ -74,9 +74,14 @@ def react_instructions(tools: Sequence[Tool]) -> str:
 
 def run_react(question: str, tools: dict[str, Tool], backend: Backend, *, max_steps: int = 6,
               max_tokens: int = 600, constrained: bool = True) -> AgentResult:
-    """The ReAct loop: at most ``max_steps`` model replies."""
+    """The ReAct loop: at most ``max_steps`` model replies. A constrained step gets at least
+    the tokens its schema can take at worst, so the token limit cannot cut it."""
+    from tunelab.agents.constrained import worst_case_tokens
+
     listed = list(tools.values())
     schema = step_schema(listed) if constrained else None
+    bound = worst_case_tokens(schema) if schema else None
+    max_tokens = max(max_tokens, bound or 0)
     messages = [{"role": "system", "content": react_instructions(listed)}, {"role": "user", "content": question}]
     result = AgentResult(question, None, "step limit")
     for _ in range(max_steps):
