@@ -7,6 +7,7 @@ is encoded twice), and decoder-only and encoder-decoder models both work."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -72,17 +73,17 @@ def continuation_ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-_BARRED: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}
+_BARRED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (vocab size, mask), as constrained.py caches
 
 
 def barred_inside_calls(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     """A mask over the vocabulary: the tokens whose text holds '=' with more text after it,
     or more than one '='. Computed once per tokenizer (decoding the whole vocabulary)."""
-    key = (id(tokenizer), vocab_size)
-    if key not in _BARRED or _BARRED[key][0] is not tokenizer:  # the tokenizer is kept, so its id is not reused
+    cached = _BARRED.get(tokenizer)
+    if cached is None or cached[0] != vocab_size:
         texts = tokenizer.batch_decode([[token] for token in range(min(vocab_size, len(tokenizer)))])
         mask = torch.zeros(vocab_size, dtype=torch.bool)
         mask[: len(texts)] = torch.tensor([text.count(EQUALS) > 1 or (EQUALS in text and not text.endswith(EQUALS))
                                            for text in texts])
-        _BARRED[key] = (tokenizer, mask)
-    return _BARRED[key][1]
+        cached = _BARRED[tokenizer] = (vocab_size, mask)
+    return cached[1]

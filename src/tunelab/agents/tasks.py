@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.agents.backends import Backend, complete_many, render_chat
-from tunelab.agents.gsm8k import calculator_result, few_shot, gold_answer, last_number, same_number, user_turn
+from tunelab.agents.gsm8k import few_shot, gold_answer, last_number, same_number, user_turn
 from tunelab.agents.loops import AgentResult, Step, pal_messages, run_program, run_react
 from tunelab.agents.sandbox import SandboxLimits
 from tunelab.agents.tools import make_tools
@@ -247,13 +247,13 @@ def run_boolq_rag(rows: list[dict[str, Any]], settings: AgentEvalSettings, loade
     content_free = choice_item("boolq:n/a", boolq_context(["N/A"] * slots, "N/A"), ["no", "yes"], 0)
     scores, _ = score_items(loaded.model, loaded.tokenizer, [*items, content_free], batch_size=4, progress=progress)
     prior = np.array(scores.pop())
-    correct = np.array([int(np.argmax(s)) == item.gold[0] for s, item in zip(scores, items)], dtype=float)
-    calibrated = np.array([int(np.argmax(np.array(s) - prior)) == item.gold[0] for s, item in zip(scores, items)],
-                          dtype=float)
-    for trace, s, right, right_calibrated in zip(traces, scores, correct, calibrated):
-        trace.update(logprobs=s, answer=["no", "yes"][int(np.argmax(s))], correct=bool(right),
-                     calibrated_answer=["no", "yes"][int(np.argmax(np.array(s) - prior))],
-                     calibrated_correct=bool(right_calibrated))
+    chosen = [int(np.argmax(s)) for s in scores]
+    chosen_calibrated = [int(np.argmax(np.array(s) - prior)) for s in scores]
+    correct = np.array([c == item.gold[0] for c, item in zip(chosen, items)], dtype=float)
+    calibrated = np.array([c == item.gold[0] for c, item in zip(chosen_calibrated, items)], dtype=float)
+    for trace, s, c, cc, right, right_calibrated in zip(traces, scores, chosen, chosen_calibrated, correct, calibrated):
+        trace.update(logprobs=s, answer=["no", "yes"][c], correct=bool(right),
+                     calibrated_answer=["no", "yes"][cc], calibrated_correct=bool(right_calibrated))
     metrics = {"n": len(rows), "accuracy": float(correct.mean()), "calibrated_accuracy": float(calibrated.mean()),
                "content_free_logprobs": prior.tolist(), "parse_rate": 1.0}
     if settings.mode == "bm25":
